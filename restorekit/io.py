@@ -1,0 +1,320 @@
+"""Image reading/writing and conversions between PIL, numpy and torch.
+
+Internally every method works on float32 RGB in [0, 1] shaped ``(1, 3, H, W)``.
+This module turns whatever a user gives into that, remembers what it was
+(:class:`ImageInfo`) and turns results back into the same kind, so that
+grayscale stays grayscale, an alpha channel is carried through and 16-bit
+files are written back as 16-bit.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ImageReadError, RestoreKitError
+
+try:  # OpenCV (a dependency of pyiqa) reads 16-bit colour PNG/TIFF; PIL truncates them.
+    import cv2
+except ImportError:  # pragma: no cover - exercised only without opencv
+    cv2 = None
+
+from PIL import Image, UnidentifiedImageError
+
+
+@dataclass
+class ImageInfo:
+    """How an input image looked, so the output can look the same."""
+
+    kind: str  # "pil" | "numpy" | "tensor" | "file"
+    channels: int  # 1, 3 or 4 as given
+    bit_depth: int = 8  # 8 or 16 (files / integer arrays)
+    dtype: object = None  # numpy/torch dtype of the input
+    alpha: np.ndarray | None = None  # HxW float alpha in [0, 1]
+    layout: str = "HWC"  # numpy: HWC or HW; tensor: CHW or NCHW
+    pil_mode: str | None = None
+
+
+def _to_float(arr: np.ndarray) -> tuple[np.ndarray, int]:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0, 8
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0, 16
+    if arr.dtype in (np.int32, np.int64, np.uint32) and arr.size and arr.max() > 255:
+        return np.clip(arr.astype(np.float32) / 65535.0, 0, 1), 16
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.float32) / 255.0, 8
+    if np.issubdtype(arr.dtype, np.floating):
+        return arr.astype(np.float32), 8
+    if arr.dtype == bool:
+        return arr.astype(np.float32), 8
+    raise ImageReadError(f"unsupported pixel type {arr.dtype}")
+
+
+def _split_channels(arr: np.ndarray) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """HxW, HxWx1, HxWx2 (gray+alpha), HxWx3, HxWx4 -> (HxWx3 rgb, channels, alpha)."""
+    if arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=2), 1, None
+    if arr.ndim != 3:
+        raise ImageReadError(f"expected a 2-D image, got an array of shape {arr.shape}")
+    c = arr.shape[2]
+    if c == 1:
+        return np.repeat(arr, 3, axis=2), 1, None
+    if c == 2:
+        return np.repeat(arr[..., :1], 3, axis=2), 1, arr[..., 1]
+    if c == 3:
+        return arr, 3, None
+    if c == 4:
+        return arr[..., :3], 4, arr[..., 3]
+    raise ImageReadError(f"unsupported number of channels: {c}")
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
+    """Read an image file as float32 RGB HxWx3 in [0, 1].
+
+    Grayscale is replicated to RGB, alpha is kept aside in the info, 16-bit
+    files keep their precision. Raises :class:`ImageReadError` with the file
+    name when the file is missing or cannot be decoded.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"input image not found: {p}")
+    if p.is_dir():
+        raise ImageReadError(f"input is a directory, not an image: {p}")
+    arr = None
+    if cv2 is not None:
+        raw = np.fromfile(str(p), dtype=np.uint8)
+        if raw.size:
+            arr = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+        if arr is not None:
+            if arr.ndim == 3 and arr.shape[2] == 3:
+                arr = arr[..., ::-1]
+            elif arr.ndim == 3 and arr.shape[2] == 4:
+                arr = arr[..., [2, 1, 0, 3]]
+            arr = np.ascontiguousarray(arr)
+    if arr is None:
+        try:
+            with Image.open(p) as im:
+                im.load()
+                if im.mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("RGB")
+                arr = np.asarray(im)
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise ImageReadError(f"cannot read image {p}: not a supported image file ({e})") from None
+    if arr.size == 0 or min(arr.shape[:2]) < 1:
+        raise ImageReadError(f"image {p} is empty")
+    f, depth = _to_float(arr)
+    rgb, channels, alpha = _split_channels(f)
+    info = ImageInfo(kind="file", channels=channels, bit_depth=depth, dtype=arr.dtype, alpha=alpha)
+    return np.ascontiguousarray(np.clip(rgb, 0, 1), dtype=np.float32), info
+
+
+def to_tensor(image) -> tuple[torch.Tensor, ImageInfo]:
+    """Any supported image -> (1, 3, H, W) float32 tensor in [0, 1] and its info.
+
+    Accepts PIL images, numpy arrays (HxW, HxWxC; uint8, uint16 or float in
+    [0, 1]) and tensors (CxHxW or 1xCxHxW, float in [0, 1]).
+    """
+    if isinstance(image, (str, os.PathLike)):
+        arr, info = read_image(image)
+        return torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous(), info
+    if isinstance(image, Image.Image):
+        mode = image.mode
+        im = image
+        if mode == "P":
+            im = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        elif mode not in ("L", "LA", "RGB", "RGBA", "I;16", "I", "F"):
+            im = image.convert("RGB")
+        arr, depth = _to_float(np.asarray(im))
+        rgb, channels, alpha = _split_channels(arr)
+        info = ImageInfo(kind="pil", channels=channels, bit_depth=depth, alpha=alpha, pil_mode=im.mode)
+        return torch.from_numpy(np.ascontiguousarray(np.clip(rgb, 0, 1))).permute(2, 0, 1)[None].contiguous(), info
+    if isinstance(image, np.ndarray):
+        arr, depth = _to_float(image)
+        rgb, channels, alpha = _split_channels(arr)
+        info = ImageInfo(kind="numpy", channels=channels, bit_depth=depth, dtype=image.dtype, alpha=alpha,
+                         layout="HW" if image.ndim == 2 else "HWC")
+        return torch.from_numpy(np.ascontiguousarray(np.clip(rgb, 0, 1))).permute(2, 0, 1)[None].contiguous(), info
+    if isinstance(image, torch.Tensor):
+        t = image.detach()
+        layout = "NCHW" if t.ndim == 4 else "CHW"
+        if t.ndim == 2:
+            t, layout = t[None], "HW"
+        if t.ndim == 3:
+            t = t[None]
+        if t.ndim != 4 or t.shape[0] != 1:
+            raise ImageReadError(f"expected a tensor shaped (C,H,W) or (1,C,H,W), got {tuple(image.shape)}")
+        c = t.shape[1]
+        if c not in (1, 3, 4):
+            raise ImageReadError(f"unsupported number of channels: {c}")
+        t = t.float()
+        alpha = None
+        if c == 4:
+            alpha = t[0, 3].cpu().numpy()
+            t = t[:, :3]
+        elif c == 1:
+            t = t.repeat(1, 3, 1, 1)
+        info = ImageInfo(kind="tensor", channels=c, dtype=image.dtype, alpha=alpha, layout=layout)
+        return t.clamp(0, 1).contiguous(), info
+    raise RestoreKitError(f"unsupported image type {type(image).__name__}; pass a PIL image, numpy array, tensor or path")
+
+
+def _resize_alpha(alpha: np.ndarray, h: int, w: int) -> np.ndarray:
+    if alpha.shape == (h, w):
+        return alpha
+    t = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)[0, 0].numpy()
+
+
+def _to_gray(rgb: np.ndarray) -> np.ndarray:
+    # ITU-R BT.601 luma, as PIL's convert("L")
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+
+
+def to_hwc_float(x: torch.Tensor, info: ImageInfo | None = None) -> np.ndarray:
+    """(1,3,H,W) tensor -> HxWxC float32 in [0,1] with the input's channel layout."""
+    rgb = x.detach().float().clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+    if info is None:
+        return rgb
+    h, w = rgb.shape[:2]
+    if info.channels in (1, 2):
+        out = _to_gray(rgb)[..., None]
+    else:
+        out = rgb
+    if info.alpha is not None:
+        out = np.concatenate([out, _resize_alpha(info.alpha, h, w)[..., None]], axis=2)
+    return out
+
+
+def from_tensor(x: torch.Tensor, info: ImageInfo):
+    """Turn a result back into the kind of object the user passed in."""
+    if info.kind == "tensor":
+        t = x.detach().clamp(0, 1)
+        if info.channels == 1:
+            t = torch.from_numpy(_to_gray(t[0].permute(1, 2, 0).cpu().numpy()))[None, None].to(x.device)
+        elif info.channels == 4 and info.alpha is not None:
+            a = torch.from_numpy(_resize_alpha(info.alpha, t.shape[-2], t.shape[-1]))[None, None].to(t)
+            t = torch.cat([t, a], 1)
+        if info.layout == "CHW":
+            t = t[0]
+        elif info.layout == "HW":
+            t = t[0, 0]
+        if isinstance(info.dtype, torch.dtype) and info.dtype.is_floating_point:
+            t = t.to(info.dtype)
+        return t
+    arr = to_hwc_float(x, info)
+    if info.kind == "numpy":
+        if info.layout == "HW":
+            arr = arr[..., 0]
+        dt = np.dtype(info.dtype) if info.dtype is not None else np.dtype(np.float32)
+        if dt == np.uint8:
+            return np.round(arr * 255).astype(np.uint8)
+        if dt == np.uint16:
+            return np.round(arr * 65535).astype(np.uint16)
+        return arr.astype(dt if np.issubdtype(dt, np.floating) else np.float32)
+    # PIL
+    if info.bit_depth == 16 and info.channels == 1 and info.alpha is None:
+        return Image.fromarray(np.round(arr[..., 0] * 65535).astype(np.uint16))
+    u8 = np.round(arr * 255).astype(np.uint8)
+    if u8.shape[2] == 1:
+        return Image.fromarray(u8[..., 0], mode="L")
+    return Image.fromarray(u8)
+
+
+def _atomic_write(path: Path, writer) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes so that readers see either the old file or the whole new one."""
+
+    def w(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic_write(Path(path), w)
+
+
+def save_image(path: str | os.PathLike, x, info: ImageInfo | None = None) -> Path:
+    """Save a (1,3,H,W) tensor or HxWxC float array atomically.
+
+    With ``info`` the file keeps the input's channels (gray/RGB, alpha) and
+    bit depth (16-bit stays 16-bit where the format allows it).
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"):
+        raise RestoreKitError(f"cannot write {path}: use one of .png .jpg .jpeg .bmp .tif .tiff .webp")
+    arr = to_hwc_float(x, info) if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    sixteen = info is not None and info.bit_depth == 16 and ext in (".png", ".tif", ".tiff")
+    if ext in (".jpg", ".jpeg") and arr.shape[2] in (2, 4):
+        arr = arr[..., :-1]  # JPEG has no alpha channel
+    if sixteen:
+        data = np.round(np.clip(arr, 0, 1) * 65535).astype(np.uint16)
+    else:
+        data = np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)
+
+    def writer(tmp):
+        if sixteen and cv2 is not None:
+            d = data
+            if d.shape[2] == 3:
+                d = d[..., ::-1]
+            elif d.shape[2] == 4:
+                d = d[..., [2, 1, 0, 3]]
+            elif d.shape[2] == 1:
+                d = d[..., 0]
+            ok, buf = cv2.imencode(ext, np.ascontiguousarray(d))
+            if not ok:
+                raise RestoreKitError(f"could not encode {path}")
+            buf.tofile(tmp)
+            return
+        d = data if data.dtype == np.uint8 else (data // 257).astype(np.uint8)
+        if d.shape[2] == 1:
+            im = Image.fromarray(d[..., 0], mode="L")
+        elif d.shape[2] == 2:
+            im = Image.fromarray(d, mode="LA")
+        else:
+            im = Image.fromarray(d)
+        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+               ".webp": "WEBP"}[ext]
+        im.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+
+    _atomic_write(path, writer)
+    return path
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad bottom/right so H and W are multiples of ``multiple``; returns the original (H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    if mode == "reflect" and (ph >= h or pw >= w):
+        mode = "replicate"  # reflect needs the pad smaller than the image
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)

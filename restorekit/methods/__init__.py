@@ -1,0 +1,1 @@
+"""Method plugins; each registers a Restorer subclass and its model cards."""

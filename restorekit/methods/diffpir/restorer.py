@@ -1,0 +1,135 @@
+"""DiffPIR behind the :class:`~restorekit.api.Restorer` interface."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...api import Restorer
+from ...diffusion import LinearSchedule
+from ...errors import TaskError, WeightsError
+from ...nets.guided_unet import FFHQ_10M, IMAGENET_256_UNCOND, GuidedUNet, GuidedUNetConfig
+from ...operators import BicubicDownsample, BlurDownsample, Inpainting, LinearOperator
+from ...registry import register_method
+from ...weights import ModelCard, load_state_dict, load_strict
+from .sampler import TASK_DEFAULTS, DiffPIRConfig, EpsToX0, diffpir_sample
+
+PRESETS = {"ffhq_10m": FFHQ_10M, "imagenet_256_uncond": IMAGENET_256_UNCOND}
+
+
+def _shapes(cfg: GuidedUNetConfig) -> dict:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in GuidedUNet(cfg).state_dict().items()}
+
+
+def infer_unet_config(state_dict: dict, meta: dict | None = None) -> GuidedUNetConfig:
+    """UNet config of a checkpoint: from restorekit metadata, else by matching the official presets."""
+    if meta and "unet_config" in meta:
+        return GuidedUNetConfig.from_dict(json.loads(meta["unet_config"]))
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    for cfg in PRESETS.values():
+        if _shapes(cfg) == got:
+            return cfg
+    raise WeightsError("cannot tell the UNet configuration of this checkpoint: it matches neither "
+                       "diffusion_ffhq_10m.pt nor 256x256_diffusion_uncond.pt and carries no restorekit "
+                       "metadata; pass unet_config={...} to from_pretrained")
+
+
+@register_method
+class DiffPIR(Restorer):
+    """Plug-and-play diffusion restoration with an unconditional guided-diffusion prior."""
+
+    name = "diffpir"
+    tasks = ("deblur", "sr", "inpaint")
+    default_model = "diffpir-demo"
+
+    def __init__(self, unet: GuidedUNet, device=None, schedule: LinearSchedule | None = None):
+        super().__init__(device)
+        self.unet = unet.to(self.device).eval()
+        for p in self.unet.parameters():
+            p.requires_grad_(False)
+        self.schedule = schedule or LinearSchedule()
+
+    @classmethod
+    def _from_weights(cls, path: Path, card: ModelCard | None, device=None, unet_config=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected options for DiffPIR.from_pretrained: {sorted(kwargs)}")
+        sd, meta = load_state_dict(path)
+        if unet_config is not None:
+            cfg = unet_config if isinstance(unet_config, GuidedUNetConfig) else GuidedUNetConfig.from_dict(unet_config)
+        elif card is not None and card.options.get("unet") in PRESETS:
+            cfg = PRESETS[card.options["unet"]]
+        else:
+            cfg = infer_unet_config(sd, meta)
+        unet = GuidedUNet(cfg)
+        load_strict(unet, {k: v.float() for k, v in sd.items()}, str(path))
+        return cls(unet, device=device)
+
+    # ------------------------------------------------------------------------
+    @staticmethod
+    def default_config(task: str) -> DiffPIRConfig:
+        return DiffPIRConfig(**TASK_DEFAULTS[task])
+
+    def make_config(self, task: str, steps: int | None = None, **options) -> DiffPIRConfig:
+        cfg = self.default_config(task)
+        names = {f.name for f in fields(DiffPIRConfig)}
+        aliases = {"lambda": "lambda_", "lam": "lambda_", "noise": "noise_level", "nfe": "steps"}
+        for k, v in options.items():
+            k = aliases.get(k, k)
+            if k not in names:
+                raise TaskError(f"unknown DiffPIR option {k!r}; options are {', '.join(sorted(names))}")
+            if v is not None:
+                setattr(cfg, k, v)
+        if steps is not None:
+            cfg.steps = int(steps)
+        if cfg.steps < 1:
+            raise TaskError("steps must be >= 1")
+        if not 0.0 <= cfg.zeta <= 1.0:
+            raise TaskError("zeta must be in [0, 1]")
+        if cfg.noise_level < 0:
+            raise TaskError("noise level must be >= 0")
+        return cfg
+
+    def _check_operator(self, task: str, operator, scale: int) -> LinearOperator:
+        if operator is None:
+            if task == "sr":
+                return BicubicDownsample(scale)
+            what = "a blur kernel: operator=Blur(kernel)" if task == "deblur" else "a mask: operator=Inpainting(mask)"
+            raise TaskError(f"DiffPIR is non-blind; task {task!r} needs {what}")
+        ok = {"deblur": isinstance(operator, BlurDownsample) and operator.sf == 1,
+              "sr": isinstance(operator, BlurDownsample),
+              "inpaint": isinstance(operator, Inpainting)}[task]
+        if not ok:
+            raise TaskError(f"operator {type(operator).__name__} does not fit task {task!r}")
+        return operator
+
+    @torch.no_grad()
+    def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
+                       seed: int | None = None, progress=None, scale: int = 4, **options) -> torch.Tensor:
+        self.check_task(task)
+        cfg = self.make_config(task, steps, **options)
+        op = self._check_operator(task, operator, scale)
+        y = y.to(self.device, torch.float32)
+        H, W = op.input_size(*y.shape[-2:])
+        if task == "sr":
+            x_init = F.interpolate(y, size=(H, W), mode="bicubic", align_corners=False)
+        elif task == "inpaint":
+            x_init = y * op.mask.to(y)
+        else:
+            x_init = y
+        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        x0_fn = EpsToX0(self.unet, self.schedule, self.unet.size_multiple)
+        out = diffpir_sample(x0_fn, y, op, x_init, cfg, self.schedule, gen, callback=progress)
+        return out.clamp(0, 1)
+
+
+def num_evaluations(config: DiffPIRConfig) -> int:
+    """Network evaluations (NFE) DiffPIR spends with ``config``."""
+    from .sampler import diffpir_sequence
+
+    return len(diffpir_sequence(config.steps, config.skip_type))
+

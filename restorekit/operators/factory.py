@@ -1,0 +1,63 @@
+"""Build the operator of a task from plain options (CLI, configs, benchmarks)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import TaskError
+from .base import LinearOperator
+from .blur import BicubicDownsample, Blur, BlurDownsample, diffpir_gaussian_std, gaussian_kernel, motion_kernel
+from .inpaint import Inpainting, make_mask
+
+TASKS = ("deblur", "sr", "inpaint")
+
+
+def make_operator(task: str, hr_size: tuple[int, int], *, kernel: str = "gaussian", kernel_size: int = 61,
+                  kernel_std: float | None = None, motion_intensity: float = 0.5, scale: int = 4,
+                  sr_mode: str = "bicubic", sr_kernel_std: float = 1.6, mask: str = "random",
+                  mask_prob: float = 0.5, box_size: int = 128, kernel_tensor: torch.Tensor | None = None,
+                  mask_tensor: torch.Tensor | None = None, seed: int | None = 0) -> LinearOperator:
+    """Operator for ``task`` acting on clean images of size ``hr_size``.
+
+    * ``deblur``: ``kernel`` = ``gaussian`` (61x61, std ``kernel_std`` or the
+      DiffPIR benchmark's random ``3(1+2U)``) or ``motion`` (intensity 0.5), or
+      an explicit ``kernel_tensor``.
+    * ``sr``: ``sr_mode`` = ``bicubic`` (DiffPIR default) or ``blur``
+      (Gaussian blur with ``sr_kernel_std`` + upper-left decimation), factor ``scale``.
+    * ``inpaint``: ``mask`` = ``random`` / ``box`` / ``half`` or ``mask_tensor``.
+
+    ``seed`` makes the random kernel/mask reproducible.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = hr_size
+    if task == "deblur":
+        if kernel_tensor is not None:
+            return Blur(kernel_tensor)
+        if kernel == "gaussian":
+            std = kernel_std if kernel_std is not None else diffpir_gaussian_std(rng)
+            return Blur(gaussian_kernel(kernel_size, std))
+        if kernel == "motion":
+            return Blur(motion_kernel(kernel_size, motion_intensity, rng))
+        raise TaskError(f"unknown blur kernel {kernel!r}; choose gaussian or motion")
+    if task == "sr":
+        if scale < 1 or int(scale) != scale:
+            raise TaskError("--scale must be a positive integer")
+        if sr_mode == "bicubic":
+            return BicubicDownsample(int(scale))
+        if sr_mode == "blur":
+            # window wide enough that gaussian_filter's 4-sigma support is not folded back
+            k = kernel_tensor if kernel_tensor is not None else gaussian_kernel(
+                2 * math.ceil(4 * sr_kernel_std) + 1, sr_kernel_std)
+            return BlurDownsample(k, int(scale))
+        raise TaskError(f"unknown SR mode {sr_mode!r}; choose bicubic or blur")
+    if task == "inpaint":
+        if mask_tensor is not None:
+            m = torch.as_tensor(mask_tensor, dtype=torch.float32)
+            if m.shape[-2:] != (h, w):
+                raise TaskError(f"mask size {tuple(m.shape[-2:])} does not match image size {(h, w)}")
+            return Inpainting(m)
+        return Inpainting(make_mask(mask, h, w, rng=rng, prob=mask_prob, box_size=box_size))
+    raise TaskError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")

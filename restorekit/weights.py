@@ -1,0 +1,204 @@
+"""Finding, downloading, verifying and loading weights.
+
+Resolution order for a model card: an explicit path, then
+``$RESTOREKIT_WEIGHTS`` (a folder of weight files), then the bundled file (demo
+models), then the cache (``$RESTOREKIT_CACHE`` or ``~/.cache/restorekit``),
+then each download source in turn (Hugging Face Hub via ``huggingface_hub``,
+or a plain URL streamed to a ``.part`` file and renamed when complete). A
+known SHA-256 is checked after download and for cached files. When nothing
+works (no network, say), :class:`WeightsError` names the file, where it
+would come from and where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import WeightsError
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+
+
+@dataclass
+class ModelCard:
+    """A named set of weights and how to get them."""
+
+    name: str
+    method: str
+    filename: str
+    description: str
+    sources: list[str] = field(default_factory=list)  # "hf://repo_id/path" or http(s)/file URLs
+    sha256: str | None = None
+    bundled: str | None = None  # file name inside restorekit/data
+    demo: bool = False
+    options: dict = field(default_factory=dict)  # method-specific (network preset, defaults)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RESTOREKIT_CACHE", Path.home() / ".cache" / "restorekit"))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _verify(path: Path, sha256: str | None, what: str) -> None:
+    if sha256 is None:
+        return
+    got = sha256_file(path)
+    if got != sha256:
+        raise WeightsError(f"{what}: checksum mismatch for {path} (expected sha256 {sha256[:12]}..., got "
+                           f"{got[:12]}...). The file is corrupt or a different version; delete it and "
+                           f"download it again.")
+
+
+def download_url(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0) -> Path:
+    """Stream ``url`` to ``dest`` atomically (``.part`` then rename) and check its SHA-256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f, length=1 << 20)
+        if sha256 is not None:
+            got = sha256_file(tmp)
+            if got != sha256:
+                raise WeightsError(f"download of {url} is corrupt: sha256 {got[:12]}... does not match "
+                                   f"the expected {sha256[:12]}...")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def _download_hf(spec: str, dest_dir: Path) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    rest = spec[len("hf://"):]
+    parts = rest.split("/")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    return Path(hf_hub_download(repo_id=repo_id, filename=filename, cache_dir=str(dest_dir / "hf")))
+
+
+def _source_label(src: str) -> str:
+    if src.startswith("hf://"):
+        parts = src[5:].split("/")
+        return f"https://huggingface.co/{'/'.join(parts[:2])} (file {'/'.join(parts[2:])})"
+    return src
+
+
+def resolve_card(card: ModelCard, download: bool = True) -> Path:
+    """Local path of a model card's weights, downloading them if needed and possible."""
+    env_dir = os.environ.get("RESTOREKIT_WEIGHTS")
+    if env_dir:
+        p = Path(env_dir) / card.filename
+        if p.is_file():
+            _verify(p, card.sha256, card.name)
+            return p
+    if card.bundled:
+        p = PACKAGE_DATA / card.bundled
+        if p.is_file():
+            _verify(p, card.sha256, card.name)
+            return p
+    cached = cache_dir() / card.filename
+    if cached.is_file():
+        _verify(cached, card.sha256, card.name)
+        return cached
+    errors = []
+    if download:
+        for src in card.sources:
+            try:
+                if src.startswith("hf://"):
+                    got = _download_hf(src, cache_dir())
+                    _verify(got, card.sha256, card.name)
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = cached.with_suffix(cached.suffix + ".part")
+                    shutil.copyfile(got, tmp)
+                    os.replace(tmp, cached)
+                    return cached
+                return download_url(src, cached, card.sha256)
+            except WeightsError:
+                raise
+            except Exception as e:  # network down, 404, offline mode, ...
+                errors.append(f"{_source_label(src)}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    where = "\n  ".join(_source_label(s) for s in card.sources) or "(no download source known)"
+    tried = ("\nDownload attempts failed:\n  " + "\n  ".join(errors)) if errors else ""
+    raise WeightsError(
+        f"weights for model '{card.name}' not found: need file '{card.filename}'.\n"
+        f"Get it from:\n  {where}\n"
+        f"and put it at {cached} (or in the folder named by $RESTOREKIT_WEIGHTS), "
+        f"or pass its path with --weights / from_pretrained(path).{tried}")
+
+
+def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
+    """Load a checkpoint (.safetensors, .pt/.pth/.ckpt) -> (state_dict, metadata).
+
+    Unwraps common containers (``state_dict``, ``params_ema``, ``params``,
+    ``model``). Raises :class:`WeightsError` naming the file when it is
+    missing, truncated or not a checkpoint.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"weights file not found: {p}")
+    meta: dict = {}
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            sd = {}
+            with safe_open(str(p), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                for k in f.keys():
+                    sd[k] = f.get_tensor(k)
+        else:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+            sd = obj
+            if isinstance(obj, dict):
+                for key in ("params_ema", "state_dict", "params", "model"):
+                    if key in obj and isinstance(obj[key], dict):
+                        sd = obj[key]
+                        break
+    except WeightsError:
+        raise
+    except Exception as e:
+        raise WeightsError(f"cannot load weights from {p}: the file is corrupt, truncated or not a checkpoint "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"{p} does not contain a state dict of tensors")
+    return sd, meta
+
+
+def load_strict(module: torch.nn.Module, state_dict: dict, source: str) -> None:
+    """``load_state_dict(strict=True)`` with a readable error (counts and examples)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shape = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        msg = [f"weights in {source} do not fit the network:"]
+        if missing:
+            msg.append(f"  {len(missing)} missing keys, e.g. {missing[:3]}")
+        if unexpected:
+            msg.append(f"  {len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
+        if shape:
+            msg.append(f"  {len(shape)} shape mismatches, e.g. {shape[:2]}")
+        raise WeightsError("\n".join(msg))
+    module.load_state_dict(state_dict, strict=True)
