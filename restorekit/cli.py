@@ -21,8 +21,11 @@ def _add_run(sub):
                        description="Restore an image. With --degrade the input is treated as the clean image and "
                                    "degraded synthetically first (then PSNR/SSIM against it are printed); "
                                    "otherwise the input is the degraded observation.")
-    p.add_argument("--method", default="diffpir", help="restoration method (default: diffpir)")
-    p.add_argument("--task", required=True, choices=TASK_CHOICES)
+    p.add_argument("--config", default=None,
+                   help="YAML with method, task and method options (e.g. configs/diffpir/deblur.yaml); "
+                        "flags given on the command line win")
+    p.add_argument("--method", default=None, help="restoration method (default: diffpir)")
+    p.add_argument("--task", default=None, choices=TASK_CHOICES)
     p.add_argument("--input", required=True, help="input image (PNG/JPEG/TIFF/...; gray, RGB, RGBA, 8/16-bit)")
     p.add_argument("--output", required=True, help="output image path, or an existing folder")
     p.add_argument("--weights", default=None,
@@ -30,17 +33,19 @@ def _add_run(sub):
     p.add_argument("--degrade", action="store_true", help="degrade the input synthetically before restoring")
     p.add_argument("--save-degraded", default=None, help="where to save the degraded image (with --degrade); "
                                                           "default: <output>_degraded.png")
-    p.add_argument("--kernel", choices=("gaussian", "motion"), default="gaussian", help="blur kernel for --degrade")
+    p.add_argument("--kernel", choices=("gaussian", "motion"), default=None,
+                   help="blur kernel for --degrade (default gaussian)")
     p.add_argument("--kernel-std", type=float, default=None,
                    help="Gaussian kernel std (default: DiffPIR's random 3(1+2U) drawn from --seed)")
     p.add_argument("--kernel-size", type=int, default=61)
     p.add_argument("--motion-intensity", type=float, default=0.5)
     p.add_argument("--kernel-file", default=None, help="blur kernel (.npy or image) of an already blurred input")
-    p.add_argument("--scale", type=int, default=4, help="SR factor")
-    p.add_argument("--sr-mode", choices=("bicubic", "blur"), default="bicubic",
+    p.add_argument("--scale", type=int, default=None, help="SR factor (default 4)")
+    p.add_argument("--sr-mode", choices=("bicubic", "blur"), default=None,
                    help="SR degradation: bicubic (DiffPIR default) or Gaussian blur + decimation")
     p.add_argument("--sr-kernel-std", type=float, default=1.6, help="Gaussian std for --sr-mode blur")
-    p.add_argument("--mask", choices=("random", "box", "half"), default="random", help="inpainting mask for --degrade")
+    p.add_argument("--mask", choices=("random", "box", "half"), default=None,
+                   help="inpainting mask for --degrade (default random)")
     p.add_argument("--mask-prob", type=float, default=0.5, help="fraction of pixels dropped by the random mask")
     p.add_argument("--box-size", type=int, default=128)
     p.add_argument("--mask-file", default=None, help="mask image of an already masked input (white = known)")
@@ -48,7 +53,7 @@ def _add_run(sub):
                    help="Gaussian noise std on [0,1] images: added by --degrade and assumed by the method "
                         "(default: the method's task default, 0.05 for deblur/sr, 0 for inpaint)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps / NFE (default: the official value)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--lambda", dest="lambda_", type=float, default=None, help="DiffPIR lambda")
     p.add_argument("--zeta", type=float, default=None, help="DiffPIR zeta")
     p.add_argument("--eta", type=float, default=None, help="DiffPIR eta")
@@ -150,6 +155,37 @@ def _default_out(out: Path, inp: Path, method: str, task: str) -> Path:
     return out
 
 
+RUN_DEFAULTS = {"method": "diffpir", "scale": 4, "seed": 0, "kernel": "gaussian", "sr_mode": "bicubic", "mask": "random"}
+CONFIG_KEYS = {"method", "task", "scale", "steps", "lambda_", "zeta", "eta", "skip_type", "noise_level", "seed",
+               "sr_mode", "kernel", "kernel_std", "mask"}
+
+
+def _apply_config(args) -> None:
+    """Fill options not given on the command line from --config (YAML)."""
+    if args.config:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise RestoreKitError(f"cannot read config {args.config}: {e}") from None
+        if not isinstance(data, dict) or set(data) - CONFIG_KEYS:
+            bad = sorted(set(data) - CONFIG_KEYS) if isinstance(data, dict) else data
+            raise RestoreKitError(f"config {args.config}: unknown keys {bad}; allowed: {sorted(CONFIG_KEYS)}")
+        dest = {"noise_level": "noise"}
+        for k, v in data.items():
+            name = dest.get(k, k)
+            if getattr(args, name, None) is None:
+                setattr(args, name, v)
+    for k, v in RUN_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.task is None:
+        raise RestoreKitError("--task is required (or a --config that sets task)")
+    if args.task not in TASK_CHOICES:
+        raise TaskError(f"unknown task {args.task!r}; tasks are {', '.join(TASK_CHOICES)}")
+
+
 def cmd_run(args) -> int:
     from .api import Restorer
     from .io import pad_to_multiple, read_image, save_image
@@ -157,6 +193,7 @@ def cmd_run(args) -> int:
     from .operators import BicubicDownsample, BlurDownsample, Inpainting, add_gaussian_noise, gaussian_kernel, make_operator
     from .registry import get_method
 
+    _apply_config(args)
     cls = get_method(args.method)
     if args.task not in cls.tasks:
         raise TaskError(f"method {args.method!r} does not do task {args.task!r}; it does: {', '.join(cls.tasks)}")

@@ -156,3 +156,30 @@ def test_cli_bad_inputs_give_clear_errors(tmp_path, tiny_weights, capsys):
     with pytest.raises(SystemExit):
         main(["run", "--task", "colorize", "--input", str(good), "--output", "o.png"])
     assert not (tmp_path / "o.png").exists()
+
+
+def test_configs_match_official_defaults():
+    import yaml
+
+    from restorekit.methods.diffpir.sampler import TASK_DEFAULTS
+
+    for task in ("deblur", "sr", "inpaint"):
+        cfg = yaml.safe_load(open(f"configs/diffpir/{task}.yaml"))
+        assert cfg["task"] == task and cfg["method"] == "diffpir"
+        for k, v in TASK_DEFAULTS[task].items():
+            assert cfg[k] == pytest.approx(v, abs=1e-3), (task, k)
+
+
+def test_cli_config_file_and_override(tmp_path, tiny_weights, capsys):
+    src = _img(tmp_path, "x.png", np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    args = ["run", "--config", "configs/diffpir/sr.yaml", "--input", str(src), "--output", str(tmp_path / "o.png"),
+            "--weights", str(tiny_weights), "--no-progress", "--json", "--steps", "2", "--zeta", "0.5"]
+    assert main(args) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["task"] == "sr" and s["size"] == [64, 64]  # scale 4 from the config
+    assert s["config"]["steps"] == 2 and s["config"]["zeta"] == 0.5  # flags win
+    assert s["config"]["lambda_"] == 1.0  # from the config
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: sr\nsteppps: 3\n")
+    assert main(["run", "--config", str(bad), "--input", str(src), "--output", str(tmp_path / "o2.png")]) == 2
+    assert "steppps" in capsys.readouterr().err
