@@ -80,6 +80,11 @@ class Restorer:
     default_model: ClassVar[str] = ""
 
     @classmethod
+    def default_model_for(cls, task: str | None) -> str:
+        """Default model card for a task (methods with one model per task override this)."""
+        return cls.default_model
+
+    @classmethod
     def _from_weights(cls, path: Path, card: ModelCard | None, device=None, **kwargs) -> "Restorer":
         raise NotImplementedError
 

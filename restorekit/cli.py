@@ -41,8 +41,9 @@ def _add_run(sub):
     p.add_argument("--motion-intensity", type=float, default=0.5)
     p.add_argument("--kernel-file", default=None, help="blur kernel (.npy or image) of an already blurred input")
     p.add_argument("--scale", type=int, default=None, help="SR factor (default 4)")
-    p.add_argument("--sr-mode", choices=("bicubic", "blur"), default=None,
-                   help="SR degradation: bicubic (DiffPIR default) or Gaussian blur + decimation")
+    p.add_argument("--sr-mode", choices=("bicubic", "blur", "realesrgan"), default=None,
+                   help="SR degradation: bicubic (DiffPIR default), Gaussian blur + decimation, or (with --degrade) "
+                        "Real-ESRGAN second-order degradation")
     p.add_argument("--sr-kernel-std", type=float, default=1.6, help="Gaussian std for --sr-mode blur")
     p.add_argument("--mask", choices=("random", "box", "half"), default=None,
                    help="inpainting mask for --degrade (default random)")
@@ -67,20 +68,25 @@ def _add_run(sub):
 
 
 def _add_train(sub):
-    p = sub.add_parser("train", help="train models")
-    tsub = p.add_subparsers(dest="what", required=True)
-    q = tsub.add_parser("prior", help="train a guided-diffusion UNet prior for DiffPIR")
-    q.add_argument("--data", required=True, help="folder of training images")
-    q.add_argument("--output", required=True, help="output .safetensors")
-    q.add_argument("--steps", type=int, default=2000)
-    q.add_argument("--batch-size", type=int, default=16)
-    q.add_argument("--crop", type=int, default=64)
-    q.add_argument("--lr", type=float, default=2e-4)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
-    q.add_argument("--init", default=None, help="start from these weights")
-    q.add_argument("--config", default=None, help="JSON file with a GuidedUNetConfig (default: the demo size)")
-    q.set_defaults(func=cmd_train_prior)
+    p = sub.add_parser("train", help="train models",
+                       description="'restorekit train prior --data DIR --output P' trains a DiffPIR prior; "
+                                   "'restorekit train --method diffir --stage 1|2 --config C.yaml' trains DiffIR.")
+    p.add_argument("what", nargs="?", choices=("prior",), help="'prior': a guided-diffusion UNet for DiffPIR")
+    p.add_argument("--method", default=None, choices=("diffpir", "diffir"))
+    p.add_argument("--stage", type=int, choices=(1, 2), default=None, help="DiffIR training stage")
+    p.add_argument("--config", default=None,
+                   help="DiffIR: training YAML (configs/diffir/...); prior: JSON GuidedUNetConfig")
+    p.add_argument("--data", default=None, help="folder of clean training images")
+    p.add_argument("--output", default=None, help="output .safetensors")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--s1-weights", default=None, help="DiffIR stage 2: the stage-1 weights")
+    p.add_argument("--batch-size", type=int, default=16, help="prior only")
+    p.add_argument("--crop", type=int, default=64, help="prior only")
+    p.add_argument("--lr", type=float, default=2e-4, help="prior only")
+    p.add_argument("--seed", type=int, default=0, help="prior only")
+    p.add_argument("--time-limit", type=float, default=None, help="prior only: stop after this many seconds")
+    p.add_argument("--init", default=None, help="prior only: start from these weights")
+    p.set_defaults(func=cmd_train)
 
 
 def _add_models(sub):
@@ -201,7 +207,7 @@ def cmd_run(args) -> int:
     out_path = _default_out(Path(args.output), inp, args.method, args.task)
     arr, info = read_image(inp)  # fails early, before loading weights
     x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
-    restorer = cls.from_pretrained(args.weights, device=args.device)
+    restorer = cls.from_pretrained(args.weights or cls.default_model_for(args.task), device=args.device)
     card = restorer.card
     if card is not None and card.demo:
         print(f"NOTE: using the bundled DEMO model '{card.name}' - demo quality only. For real results pass "
@@ -218,12 +224,18 @@ def cmd_run(args) -> int:
             x, orig_hw = pad_to_multiple(x, args.scale)
         kernel_tensor = _read_kernel(args.kernel_file) if args.kernel_file else None
         mask_tensor = _read_mask(args.mask_file, *x.shape[-2:]) if args.mask_file else None
+        real = args.task == "sr" and args.sr_mode == "realesrgan"
         op = make_operator(args.task, tuple(x.shape[-2:]), kernel=args.kernel, kernel_size=args.kernel_size,
                            kernel_std=args.kernel_std, motion_intensity=args.motion_intensity, scale=args.scale,
-                           sr_mode=args.sr_mode, sr_kernel_std=args.sr_kernel_std, mask=args.mask,
-                           mask_prob=args.mask_prob, box_size=args.box_size, kernel_tensor=kernel_tensor,
-                           mask_tensor=mask_tensor, seed=args.seed)
-        y = add_gaussian_noise(op.degrade(x), cfg.noise_level, gen)
+                           sr_mode="bicubic" if real else args.sr_mode, sr_kernel_std=args.sr_kernel_std,
+                           mask=args.mask, mask_prob=args.mask_prob, box_size=args.box_size,
+                           kernel_tensor=kernel_tensor, mask_tensor=mask_tensor, seed=args.seed)
+        if real:
+            from .operators.realesrgan import second_order_degrade
+
+            y = second_order_degrade(x, args.scale, seed=args.seed)
+        else:
+            y = add_gaussian_noise(op.degrade(x), cfg.noise_level, gen)
         if isinstance(op, Inpainting):
             y = op.forward(y)  # missing pixels carry no information (and no noise)
         deg_path = Path(args.save_degraded) if args.save_degraded else out_path.with_name(out_path.stem + "_degraded.png")
@@ -232,7 +244,9 @@ def cmd_run(args) -> int:
     else:
         y = x
         h, w = y.shape[-2:]
-        if args.task == "deblur":
+        if args.task == "deblur" and getattr(cls, "blind", False) and not args.kernel_file:
+            op = None  # blind method: no kernel needed
+        elif args.task == "deblur":
             if not args.kernel_file:
                 raise TaskError("DiffPIR deblurring is non-blind: give the blur kernel with --kernel-file "
                                 "(or use --degrade to blur the input synthetically)")
@@ -243,7 +257,7 @@ def cmd_run(args) -> int:
                                 "or use --degrade to mask the input synthetically")
             op = Inpainting(_read_mask(args.mask_file, h, w))
         else:
-            if args.sr_mode == "bicubic":
+            if args.sr_mode in ("bicubic", "realesrgan"):
                 op = BicubicDownsample(args.scale)
             else:
                 op = BlurDownsample(gaussian_kernel(2 * int(np.ceil(4 * args.sr_kernel_std)) + 1, args.sr_kernel_std),
@@ -279,7 +293,21 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_train_prior(args) -> int:
+def cmd_train(args) -> int:
+    if args.method == "diffir":
+        if args.stage is None or not args.config:
+            raise RestoreKitError("DiffIR training needs --stage 1|2 and --config (see configs/diffir/)")
+        from .methods.diffir.train import train_diffir
+
+        info = train_diffir(args.config, args.stage, data=args.data, output=args.output, steps=args.steps,
+                            s1_weights=args.s1_weights, log=lambda s: print(s, file=sys.stderr))
+        info.pop("history", None)
+        print(json.dumps(info))
+        return 0
+    if args.what != "prior" and args.method != "diffpir":
+        raise RestoreKitError("say what to train: 'restorekit train prior ...' or 'restorekit train --method diffir ...'")
+    if not args.data or not args.output:
+        raise RestoreKitError("prior training needs --data DIR and --output FILE")
     from .methods.diffpir.train import DEMO_UNET, train_prior
     from .nets.guided_unet import GuidedUNetConfig
 
@@ -289,7 +317,7 @@ def cmd_train_prior(args) -> int:
             cfg = GuidedUNetConfig.from_dict(json.loads(Path(args.config).read_text()))
         except (OSError, ValueError, TypeError) as e:
             raise RestoreKitError(f"bad UNet config {args.config}: {e}") from None
-    info = train_prior(args.data, args.output, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
+    info = train_prior(args.data, args.output, steps=args.steps or 2000, batch_size=args.batch_size, crop=args.crop,
                        lr=args.lr, seed=args.seed, config=cfg, time_limit=args.time_limit, init=args.init,
                        log=lambda s: print(s, file=sys.stderr))
     print(json.dumps(info))

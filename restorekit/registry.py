@@ -15,6 +15,7 @@ from .weights import ModelCard
 #: method name -> module that registers it
 METHOD_MODULES = {
     "diffpir": "restorekit.methods.diffpir",
+    "diffir": "restorekit.methods.diffir",
 }
 
 _METHODS: dict[str, type] = {}

@@ -71,3 +71,16 @@ def test_cli_train_prior(tmp_path, capsys):
                  "--crop", "32", "--config", str(cfg)]) == 0
     assert out.exists() and json.loads(capsys.readouterr().out)["steps"] == 3
     assert main(["train", "prior", "--data", str(tmp_path / "none"), "--output", str(out)]) == 2
+
+
+def test_fid_skipped_with_reason_when_weights_unavailable(monkeypatch, tmp_path):
+    import pyiqa
+
+    def offline(name, *a, **k):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr(pyiqa, "create_metric", offline)
+    monkeypatch.setattr(metrics, "_cache", {})
+    monkeypatch.setattr(metrics, "_failed", {})
+    value, reason = metrics.fid(str(tmp_path), str(tmp_path))
+    assert value is None and "FID skipped" in reason and "no route to host" in reason

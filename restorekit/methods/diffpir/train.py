@@ -20,10 +20,8 @@ import torch.nn.functional as F
 
 from ...diffusion import LinearSchedule
 from ...errors import ConfigError
-from ...io import read_image
+from ...training import load_images, random_crops
 from ...nets.guided_unet import GuidedUNet, GuidedUNetConfig
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 #: small configuration of the bundled demo prior
 DEMO_UNET = GuidedUNetConfig(image_size=64, model_channels=32, out_channels=3, num_res_blocks=1,
@@ -31,42 +29,9 @@ DEMO_UNET = GuidedUNetConfig(image_size=64, model_channels=32, out_channels=3, n
                              norm_groups=16)
 
 
-def load_images(data: str | Path, min_size: int) -> list[torch.Tensor]:
-    root = Path(data)
-    if not root.is_dir():
-        raise ConfigError(f"training data folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-    imgs = []
-    for f in files:
-        arr, _ = read_image(f)
-        t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-        if min(t.shape[-2:]) < min_size:
-            scale = min_size / min(t.shape[-2:])
-            t = F.interpolate(t[None], scale_factor=scale, mode="bicubic", align_corners=False)[0].clamp(0, 1)
-        imgs.append(t)
-    if not imgs:
-        raise ConfigError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found under {root}")
-    return imgs
-
-
 def random_batch(imgs: list[torch.Tensor], batch: int, size: int, g: torch.Generator) -> torch.Tensor:
-    out = []
-    for _ in range(batch):
-        img = imgs[int(torch.randint(len(imgs), (1,), generator=g))]
-        # random rescale (0.5x..1x) for scale variety, then crop
-        s = float(torch.empty(1).uniform_(0.5, 1.0, generator=g))
-        h, w = img.shape[-2:]
-        if min(h, w) * s >= size:
-            img = F.interpolate(img[None], scale_factor=s, mode="bilinear", antialias=True, align_corners=False)[0]
-        h, w = img.shape[-2:]
-        top = int(torch.randint(h - size + 1, (1,), generator=g))
-        left = int(torch.randint(w - size + 1, (1,), generator=g))
-        crop = img[:, top:top + size, left:left + size]
-        if torch.rand(1, generator=g) < 0.5:
-            crop = crop.flip(-1)
-        crop = torch.rot90(crop, int(torch.randint(4, (1,), generator=g)), dims=(-2, -1))
-        out.append(crop)
-    return torch.stack(out) * 2 - 1
+    """Random crops mapped to [-1, 1], the diffusion model's range."""
+    return random_crops(imgs, batch, size, g) * 2 - 1
 
 
 def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_size: int = 16, crop: int = 64,

@@ -1,0 +1,164 @@
+"""DiffIR behind the :class:`~restorekit.api.Restorer` interface (stage-2 inference)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...api import Restorer
+from ...errors import TaskError, WeightsError
+from ...nets.diffir import PRESETS, DiffIRConfig, DiffIRS2
+from ...operators import Inpainting
+from ...registry import register_method
+from ...weights import ModelCard, load_state_dict, load_strict
+
+VARIANT_TASK = {"sr": "sr", "deblur": "deblur", "inpaint": "inpaint"}
+
+
+def convert_checkpoint(sd: dict) -> dict:
+    """Official checkpoints -> DiffIRS2 state dict.
+
+    BasicSR ``.pth`` files are unwrapped (``params_ema``/``params``) by
+    :func:`~restorekit.weights.load_state_dict`. The inpainting models are
+    PyTorch-Lightning checkpoints whose ``state_dict`` holds ``generator.*``
+    (the stage-2 network) next to ``generatorS1.*``, ``discriminator.*`` and
+    loss modules: keep ``generator.*`` without the prefix.
+    """
+    if any(k.startswith("generator.") for k in sd):
+        return {k[len("generator."):]: v for k, v in sd.items() if k.startswith("generator.")}
+    if any(k.startswith("module.") for k in sd):
+        return {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _shapes(cfg: DiffIRConfig) -> dict:
+    with torch.device("meta"):
+        m = DiffIRS2(cfg)
+    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+
+def infer_config(sd: dict, meta: dict | None = None) -> tuple[str, DiffIRConfig]:
+    """(preset name, config) of a stage-2 checkpoint: metadata first, else by tensor shapes.
+
+    RealSR x4 and SRGAN x4 share one layout; x2/x1 are told apart by the
+    first conv's input channels.
+    """
+    if meta and "diffir_config" in meta:
+        return meta.get("name", "custom"), DiffIRConfig.from_dict(json.loads(meta["diffir_config"]))
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    for name in ("realsr_x4", "realsr_x2", "realsr_x1", "gopro", "inpaint_place2"):
+        if _shapes(PRESETS[name]) == got:
+            return name, PRESETS[name]
+    raise WeightsError("cannot tell which DiffIR model this checkpoint is: its tensors match none of the official "
+                       "stage-2 layouts (RealSR/SRGAN x4, x2, x1, GoPro, inpainting) and it has no restorekit "
+                       "metadata; pass config={...} (a DiffIRConfig) to from_pretrained")
+
+
+@dataclass
+class DiffIRRunConfig:
+    noise_level: float = 0.0  # only used by `restorekit run --degrade`
+    official_rng: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@register_method
+class DiffIR(Restorer):
+    """Compact-prior diffusion restoration: CPEN_S2 + 4-step IPR diffusion + DIRformer."""
+
+    name = "diffir"
+    tasks = ("sr", "deblur", "inpaint")
+    blind = True  # needs no kernel (inpainting still needs the mask)
+    default_models = {"sr": "diffir-demo-sr", "deblur": "diffir-demo-deblur", "inpaint": "diffir-demo-inpaint"}
+    default_model = "diffir-demo-sr"
+
+    def __init__(self, net: DiffIRS2, device=None, preset: str = "custom"):
+        super().__init__(device)
+        self.net = net.to(self.device).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.config: DiffIRConfig = net.config
+        self.preset = preset
+        self.tasks = (VARIANT_TASK[self.config.variant],)  # one checkpoint does one task
+
+    @classmethod
+    def default_model_for(cls, task: str | None) -> str:
+        return cls.default_models.get(task, cls.default_model)
+
+    @classmethod
+    def _from_weights(cls, path: Path, card: ModelCard | None, device=None, config=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected options for DiffIR.from_pretrained: {sorted(kwargs)}")
+        sd, meta = load_state_dict(path)
+        sd = convert_checkpoint(sd)
+        if config is not None:
+            name, cfg = "custom", config if isinstance(config, DiffIRConfig) else DiffIRConfig.from_dict(config)
+        elif card is not None and card.options.get("preset") in PRESETS:
+            name = card.options["preset"]
+            cfg = PRESETS[name]
+        else:
+            name, cfg = infer_config(sd, meta)
+        net = DiffIRS2(cfg)
+        load_strict(net, {k: v.float() for k, v in sd.items()}, str(path))
+        return cls(net, device=device, preset=name)
+
+    def make_config(self, task: str, steps: int | None = None, **options) -> DiffIRRunConfig:
+        cfg = DiffIRRunConfig()
+        for k, v in options.items():
+            if v is None:
+                continue
+            if k in ("noise_level", "noise"):
+                cfg.noise_level = float(v)
+            elif k == "official_rng":
+                cfg.official_rng = bool(v)
+            elif k == "scale":
+                if task == "sr" and int(v) != self.config.scale:
+                    raise TaskError(f"this DiffIR model is x{self.config.scale}; it cannot do x{v} (use a "
+                                    f"x{v} checkpoint)")
+            else:
+                raise TaskError(f"option {k!r} does not apply to DiffIR (its IPR diffusion has a fixed "
+                                f"{self.config.timesteps}-step schedule and no tunable weights)")
+        if steps is not None and steps != self.config.timesteps:
+            raise TaskError(f"DiffIR's IPR diffusion always runs the {self.config.timesteps} steps it was trained "
+                            f"with; do not pass --steps")
+        return cfg
+
+    def check_task(self, task: str) -> None:
+        if task not in DiffIR.tasks:
+            raise TaskError(f"method 'diffir' does not do task {task!r}; it does: {', '.join(DiffIR.tasks)}")
+        if task not in self.tasks:
+            raise TaskError(f"this DiffIR checkpoint ({self.preset}) is a {self.tasks[0]} model; it cannot do "
+                            f"{task!r} - load a {task} checkpoint")
+
+    @torch.no_grad()
+    def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
+                       seed: int | None = None, progress=None, **options) -> torch.Tensor:
+        self.check_task(task)
+        run = self.make_config(task, steps, **options)
+        y = y.to(self.device, torch.float32)
+        h, w = y.shape[-2:]
+        sf = self.config.sf
+        if task == "inpaint":
+            if not isinstance(operator, Inpainting):
+                raise TaskError("DiffIR inpainting needs the mask: operator=Inpainting(mask) (1 = known pixel)")
+            missing = 1.0 - operator.mask.to(y)[:, :1].expand(y.shape[0], 1, h, w)
+            net_in = torch.cat([y * (1 - missing), missing], dim=1)
+        else:
+            net_in = y
+        m = self.config.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            net_in = F.pad(net_in, (0, pw, 0, ph), mode=mode)
+        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        out = self.net(net_in, generator=gen, official_rng=run.official_rng)[..., : h * sf, : w * sf]
+        if progress is not None:
+            progress(0, 1, 0)
+        if task == "inpaint":
+            out = missing * out + (1 - missing) * y  # keep the known pixels, as upstream
+        return out.clamp(0, 1)
