@@ -89,6 +89,23 @@ def _add_train(sub):
     p.set_defaults(func=cmd_train)
 
 
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="run a benchmark sweep from a YAML file (resumes if interrupted)")
+    p.add_argument("config", help="sweep YAML, e.g. benchmarks/configs/demo.yaml")
+    p.add_argument("--output", default=None, help="results folder (default: the config's output)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--limit", type=int, default=None, help="only the first N items (smoke runs)")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    run_bench(args.config, output=args.output, device=args.device, limit=args.limit,
+              log=lambda s: print(s, file=sys.stderr))
+    return 0
+
+
 def _add_models(sub):
     p = sub.add_parser("models", help="list known models and whether their weights are here")
     p.add_argument("--method", default=None)
@@ -103,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_train(sub)
+    _add_bench(sub)
     _add_models(sub)
     return ap
 
