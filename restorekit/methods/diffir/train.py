@@ -198,29 +198,23 @@ def train_diffir(config: str | Path | dict, stage: int, data: str | None = None,
         if stage == 1:
             out, _ = net(lq, gt)
             loss = F.l1_loss(out, gt)
-            opt_g.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            opt_g.step()
-            rec = {"l_pix": loss.item()}
+            opt, rec = opt_g, {"l_pix": loss}
         else:
             with torch.no_grad():
                 target = teacher(lq, gt)
-            if step <= encoder_iter:
+            if step <= encoder_iter:  # CPEN_S2 + denoiser only
                 ipr = net(lq, target, generator=g, ipr_only=True)
                 loss = F.l1_loss(ipr, target)
-                opt_e.zero_grad(set_to_none=True)
-                acc.backward(loss)
-                opt_e.step()
-                rec = {"l_ipr": loss.item()}
-            else:
+                opt, rec = opt_e, {"l_ipr": loss}
+            else:  # joint
                 out, steps_ipr = net(lq, target, generator=g)
-                l_pix = F.l1_loss(out, gt)
-                l_ipr = F.l1_loss(steps_ipr[-1], target)
+                l_pix, l_ipr = F.l1_loss(out, gt), F.l1_loss(steps_ipr[-1], target)
                 loss = l_pix + l_ipr
-                opt_g.zero_grad(set_to_none=True)
-                acc.backward(loss)
-                opt_g.step()
-                rec = {"l_pix": l_pix.item(), "l_ipr": l_ipr.item()}
+                opt, rec = opt_g, {"l_pix": l_pix, "l_ipr": l_ipr}
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        opt.step()
+        rec = {k: v.item() for k, v in rec.items()}
         ema.update(acc.unwrap_model(net))
         hist.append(rec)
         if step % max(1, n_steps // 10) == 0 and acc.is_main_process:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ...diffusion import LinearSchedule
 from ...errors import ConfigError
-from ...training import load_images, random_crops
+from ...training import EMA, load_images, random_crops
 from ...nets.guided_unet import GuidedUNet, GuidedUNetConfig
 
 #: small configuration of the bundled demo prior
@@ -53,7 +53,7 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
         from ...weights import load_state_dict, load_strict
         sd, _ = load_state_dict(init)
         load_strict(net, {k: v.float() for k, v in sd.items()}, str(init))
-    ema = {k: v.detach().clone().float() for k, v in net.state_dict().items()}
+    ema = EMA(net, ema_decay)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     warmup = max(1, min(200, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -77,10 +77,7 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
         acc.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
-        with torch.no_grad():
-            d = min(ema_decay, (1 + step) / (10 + step))
-            for k, v in acc.unwrap_model(net).state_dict().items():
-                ema[k].mul_(d).add_(v.detach().float().cpu() if ema[k].device.type == "cpu" else v.detach().float(), alpha=1 - d)
+        ema.update(acc.unwrap_model(net))
         losses.append(loss.item())
         if step % log_every == 0 and acc.is_main_process:
             log(f"step {step}/{steps} loss {np.mean(losses[-log_every:]):.4f} ({time.time() - t0:.0f}s)")
@@ -95,6 +92,6 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
         meta = {"restorekit_method": "diffpir", "unet_config": json.dumps(cfg.to_dict()),
                 "training": json.dumps(info)}
         tmp = out.with_name(out.name + ".part")
-        save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp), metadata=meta)
+        save_file({k: v.contiguous() for k, v in ema.state.items()}, str(tmp), metadata=meta)
         tmp.replace(out)
     return info
