@@ -16,6 +16,7 @@ from .weights import ModelCard
 METHOD_MODULES = {
     "diffpir": "restorekit.methods.diffpir",
     "diffir": "restorekit.methods.diffir",
+    "diffbir": "restorekit.methods.diffbir",
 }
 
 _METHODS: dict[str, type] = {}

@@ -97,6 +97,32 @@ def _download_hf(spec: str, dest_dir: Path) -> Path:
     return Path(hf_hub_download(repo_id=repo_id, filename=filename, cache_dir=str(dest_dir / "hf")))
 
 
+_REACH: dict = {}
+
+
+def _reachable(src: str, timeout: float = 3.0) -> str | None:
+    """None if the source's host answers a TCP connect, else why not (checked once per host)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if src.startswith("hf://"):
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            return "HF_HUB_OFFLINE is set"
+        host, port = "huggingface.co", 443
+    else:
+        u = urlparse(src)
+        if u.scheme == "file":
+            return None
+        host, port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+    if host not in _REACH:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            _REACH[host] = None
+        except OSError as e:
+            _REACH[host] = f"{host} is not reachable ({e.strerror or e})"
+    return _REACH[host]
+
+
 def _source_label(src: str) -> str:
     if src.startswith("hf://"):
         parts = src[5:].split("/")
@@ -124,6 +150,10 @@ def resolve_card(card: ModelCard, download: bool = True) -> Path:
     errors = []
     if download:
         for src in card.sources:
+            why = _reachable(src)
+            if why:
+                errors.append(f"{_source_label(src)}: {why}")
+                continue
             try:
                 if src.startswith("hf://"):
                     got = _download_hf(src, cache_dir())

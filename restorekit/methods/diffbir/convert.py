@@ -1,0 +1,94 @@
+"""Official DiffBIR / Stable Diffusion checkpoints (ldm naming) -> diffusers modules.
+
+The key mapping itself is diffusers' (``diffusers.loaders.single_file_utils``):
+``convert_controlnet_checkpoint`` for the IRControlNet (v1 ``control_model.*``
+inside a full ControlLDM checkpoint, v2 / v2.1 stand-alone ControlNet state
+dicts), ``convert_ldm_unet_checkpoint`` / ``convert_ldm_vae_checkpoint`` /
+``convert_open_clip_checkpoint`` for SD 2.1-base. :func:`controlnet_to_ldm`
+is the inverse for the ControlNet (export, and the round-trip test).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Stable Diffusion 2.1-base as diffusers configures it (stabilityai/stable-diffusion-2-1-base)
+SD21_UNET = dict(sample_size=64, in_channels=4, out_channels=4,
+                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                 block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=1024,
+                 attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
+SD21_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, sample_size=512, layers_per_block=2,
+                block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                scaling_factor=0.18215)
+SD21_TEXT = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                 num_hidden_layers=23, max_position_embeddings=77, hidden_act="gelu", projection_dim=512)
+
+
+def controlnet_from_ldm(sd: dict, config: dict) -> dict:
+    """DiffBIR ControlNet state dict (any version) -> diffusers IRControlNet state dict."""
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    if any(k.startswith("control_model.") for k in sd):
+        sd = {k[len("control_model."):]: v for k, v in sd.items() if k.startswith("control_model.")}
+    out = convert_controlnet_checkpoint(sd, dict(config))
+    return {k: v for k, v in out.items() if v is not None}
+
+
+_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+           ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
+
+
+def _rename(sd, out, src_prefix, dst_prefix, pairs=()):
+    for k, v in sd.items():
+        if k.startswith(src_prefix + "."):
+            rest = k[len(src_prefix) + 1:]
+            for a, b in pairs:
+                if rest.startswith(a + "."):
+                    rest = b + rest[len(a):]
+                    break
+            out[f"{dst_prefix}.{rest}"] = v
+
+
+def controlnet_to_ldm(sd: dict, config: dict) -> dict:
+    """diffusers IRControlNet state dict -> DiffBIR's ldm naming (``input_blocks``, ``zero_convs``, ...)."""
+    out = {}
+    maps = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+            "conv_in": "input_blocks.0.0", "controlnet_mid_block": "middle_block_out.0"}
+    for d, l in maps.items():
+        for p in ("weight", "bias"):
+            if f"{d}.{p}" in sd:
+                out[f"{l}.{p}"] = sd[f"{d}.{p}"]
+    n_levels = len(config["block_out_channels"])
+    lpb = config["layers_per_block"]
+    idx = 1
+    for b in range(n_levels):
+        for j in range(lpb):
+            _rename(sd, out, f"down_blocks.{b}.resnets.{j}", f"input_blocks.{idx}.0", _RESNET)
+            _rename(sd, out, f"down_blocks.{b}.attentions.{j}", f"input_blocks.{idx}.1")
+            idx += 1
+        if b < n_levels - 1:
+            _rename(sd, out, f"down_blocks.{b}.downsamplers.0.conv", f"input_blocks.{idx}.0.op")
+            idx += 1
+    for i in range(idx):
+        _rename(sd, out, f"controlnet_down_blocks.{i}", f"zero_convs.{i}.0")
+    _rename(sd, out, "mid_block.resnets.0", "middle_block.0", _RESNET)
+    _rename(sd, out, "mid_block.attentions.0", "middle_block.1")
+    _rename(sd, out, "mid_block.resnets.1", "middle_block.2", _RESNET)
+    return out
+
+
+def sd_from_ldm(ckpt: dict, unet_config: dict | None = None, vae_config: dict | None = None,
+                text_encoder=None) -> tuple[dict, dict, dict | None]:
+    """(UNet, VAE, text encoder) diffusers state dicts from an SD 2.x ldm checkpoint (``v2-1_512-ema-pruned.ckpt``)."""
+    from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
+                                                     convert_open_clip_checkpoint)
+
+    unet = convert_ldm_unet_checkpoint(ckpt, dict(unet_config or SD21_UNET))
+    vae = convert_ldm_vae_checkpoint(ckpt, dict(vae_config or SD21_VAE))
+    text = None
+    if text_encoder is not None and any(k.startswith("cond_stage_model.model.") for k in ckpt):
+        text = convert_open_clip_checkpoint(text_encoder, ckpt)
+        text = text.state_dict() if isinstance(text, torch.nn.Module) else text
+    return unet, vae, text
