@@ -243,3 +243,48 @@ def test_settings_per_version():
     with pytest.raises(ValueError):
         DiffBIRSettings.for_version("v3")
     assert json.dumps(s.to_dict())
+
+
+# ---------------------------------------------------------------------------- stage-1 networks
+# Key/shape lists and outputs recorded from DiffBIR's own model classes (diffbir/model/{bsrnet,swinir,scunet}.py)
+# with the inference configs; outputs for small configs with weights filled, in the official parameter order,
+# by randn(generator seed 1) * 0.05 and inputs from randn(generator seed 2).
+from pathlib import Path  # noqa: E402
+
+from restorekit.nets.scunet import SCUNet  # noqa: E402
+from restorekit.nets.swinir import SwinIR, SwinIRConfig  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+STAGE1 = json.loads((DATA / "diffbir_stage1_keys.json").read_text())
+
+
+def _fill(m):
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return m.eval()
+
+
+@pytest.mark.parametrize("name,make", [("bsrnet", lambda: RRDBNet()), ("swinir_diffbir", lambda: SwinIR(SwinIRConfig())),
+                                       ("scunet", lambda: SCUNet())])
+def test_stage1_official_key_lists(name, make):
+    with torch.device("meta"):
+        m = make()
+    assert {k: list(v.shape) for k, v in m.state_dict().items()} == STAGE1[name]
+
+
+def test_stage1_matches_official_outputs():
+    gold = torch.load(DATA / "diffbir_stage1_golden.pt")
+    gi = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 3, 16, 16, generator=gi)
+    x2 = torch.rand(1, 3, 64, 64, generator=gi)
+    x3 = torch.rand(1, 3, 40, 72, generator=gi)
+    with torch.no_grad():
+        outs = {"bsrnet": _fill(RRDBNet(nf=8, nb=2, gc=4))(x),
+                "swinir": _fill(SwinIR(SwinIRConfig(img_size=8, embed_dim=24, depths=(2, 2), num_heads=(2, 2),
+                                                    window_size=4)))(x2),
+                "scunet": _fill(SCUNet(config=(2, 1, 1, 2, 1, 1, 2), dim=64, input_resolution=64))(x3)}
+    for k, v in outs.items():
+        assert v.shape == gold[k].shape
+        assert (v - gold[k]).abs().max() <= 1e-4 * max(1.0, gold[k].abs().max().item()), k

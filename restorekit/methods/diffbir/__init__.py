@@ -21,6 +21,13 @@ for name, fn, src, desc in [
     ("diffbir-v2.1-controlnet", "DiffBIR_v2.1.pt", _HF + "DiffBIR_v2.1.pt", "DiffBIR v2.1 IRControlNet"),
     ("bsrnet", "BSRNet.pth", "https://github.com/cszn/KAIR/releases/download/v1.0/BSRNet.pth",
      "BSRNet (BSRGAN's RRDBNet), DiffBIR v2's stage-1 model for blind SR"),
+    ("swinir-general", "general_swinir_v1.ckpt", "hf://lxq007/DiffBIR/general_swinir_v1.ckpt",
+     "SwinIR (pixel-unshuffle variant) trained by DiffBIR on ImageNet with Real-ESRGAN degradations (v1 stage 1)"),
+    ("swinir-realesrgan", "realesrgan_s4_swinir_100k.pth", _HF + "realesrgan_s4_swinir_100k.pth",
+     "DiffBIR v2.1's stage-1 SwinIR"),
+    ("scunet-psnr", "scunet_color_real_psnr.pth",
+     "https://github.com/cszn/KAIR/releases/download/v1.0/scunet_color_real_psnr.pth",
+     "SCUNet-PSNR, DiffBIR v2's stage-1 model for blind denoising (pass stage1='scunet-psnr')"),
 ]:
     register_card(ModelCard(name=name, method="diffbir-component", filename=fn, sources=[src], description=desc))
 
@@ -29,7 +36,7 @@ for v in ("v1", "v2", "v2.1"):
         name=f"diffbir-{v}", method="diffbir", filename=f"{'v1_general.pth' if v == 'v1' else 'v2.pth' if v == 'v2' else 'DiffBIR_v2.1.pt'}",
         sources=[f"{_HF}{'v1_general.pth' if v == 'v1' else 'v2.pth' if v == 'v2' else 'DiffBIR_v2.1.pt'}"],
         options={"version": v, "components": DEFAULT_COMPONENTS[v]},
-        description=f"DiffBIR {v} blind SR: BSRNet stage 1 + IRControlNet {v} on SD 2.1-base"
+        description=f"DiffBIR {v} blind SR: {DEFAULT_COMPONENTS[v]['stage1']} stage 1 + IRControlNet {v} on SD 2.1-base"
                     f"{' (zero terminal SNR, v-prediction)' if v == 'v2.1' else ''}. Needs 5 files (~6 GB), "
                     f"see 'restorekit models'; no demo model is bundled."))
 

@@ -213,6 +213,10 @@ class DiffBIRPipeline:
 
     # -- pieces -------------------------------------------------------------------------
     def run_stage1(self, lq: torch.Tensor, s: DiffBIRSettings, out_size: tuple[int, int]) -> torch.Tensor:
+        """BSRNet-like models (stage1_sf > 1) upscale the LQ image themselves; same-size models (SwinIR,
+        SCUNet in DiffBIR) get it bicubic-resized to the output size first."""
+        if self.stage1_sf == 1 and tuple(lq.shape[-2:]) != tuple(out_size):
+            lq = F.interpolate(lq, size=out_size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         if self.stage1 is None:
             clean = lq
         elif s.tiled and max(lq.shape[-2:]) > s.stage1_tile_size:

@@ -62,12 +62,18 @@ class DiffBIR(Restorer):
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-        from ...nets.bsrnet import RRDBNet
         from .convert import SD21_TEXT, SD21_UNET, SD21_VAE, controlnet_from_ldm, sd_from_ldm
         from .ircontrolnet import IRControlNet
 
         version = (card.options.get("version") if card else None) or kwargs.pop("version", "v2")
         comps = dict(card.options.get("components", {})) if card else dict(DEFAULT_COMPONENTS[version])
+        stage1_name = kwargs.pop("stage1", None)
+        if stage1_name is not None:
+            if stage1_name not in STAGE1:
+                raise TaskError(f"unknown DiffBIR stage-1 model {stage1_name!r}; choose {', '.join(STAGE1)}")
+            comps["stage1"] = stage1_name
+        if kwargs:
+            raise TypeError(f"unexpected options for DiffBIR.from_pretrained: {sorted(kwargs)}")
         folder = Path(path) if Path(path).is_dir() else None
 
         paths, missing = {}, []
@@ -106,11 +112,12 @@ class DiffBIR(Restorer):
         controlnet = IRControlNet.from_unet_config(unet)
         cn_sd, _ = load_state_dict(cn_path)
         load_strict(controlnet, controlnet_from_ldm(cn_sd, {"layers_per_block": 2}), str(cn_path))
-        stage1 = RRDBNet()
+        stage1, stage1_sf = STAGE1[comps["stage1"]]()
         st1_sd, _ = load_state_dict(st1_path)
+        st1_sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in st1_sd.items()}
         load_strict(stage1, st1_sd, str(st1_path))
         tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), pad_token="!")
-        return cls.from_components(unet, controlnet, vae, text, tok, stage1, 4, version, device)
+        return cls.from_components(unet, controlnet, vae, text, tok, stage1, stage1_sf, version, device)
 
     def make_config(self, task: str, steps: int | None = None, **options) -> DiffBIRSettings:
         names = {f.name for f in fields(DiffBIRSettings)}
@@ -134,9 +141,23 @@ class DiffBIR(Restorer):
         return out
 
 
+def _stage1_factories():
+    from ...nets.bsrnet import RRDBNet
+    from ...nets.scunet import SCUNet
+    from ...nets.swinir import SwinIR, SwinIRConfig
+
+    return {"bsrnet": lambda: (RRDBNet(), 4), "swinir-general": lambda: (SwinIR(SwinIRConfig()), 1),
+            "swinir-realesrgan": lambda: (SwinIR(SwinIRConfig()), 1), "scunet-psnr": lambda: (SCUNet(), 1)}
+
+
+#: stage-1 model card -> () -> (network, its upscaling factor)
+STAGE1 = _stage1_factories()
+
 DEFAULT_COMPONENTS = {
     v: {"sd": "sd-v2.1-base", "controlnet": f"diffbir-{v}-controlnet", "stage1": "bsrnet",
         "tokenizer_vocab": "sd-v2.1-tokenizer-vocab", "tokenizer_merges": "sd-v2.1-tokenizer-merges"}
     for v in ("v1", "v2")
 }
-DEFAULT_COMPONENTS["v2.1"] = {**DEFAULT_COMPONENTS["v2"], "sd": "sd-v2.1-base-zsnr", "controlnet": "diffbir-v2.1-controlnet"}
+DEFAULT_COMPONENTS["v1"]["stage1"] = "swinir-general"
+DEFAULT_COMPONENTS["v2.1"] = {**DEFAULT_COMPONENTS["v2"], "sd": "sd-v2.1-base-zsnr",
+                              "controlnet": "diffbir-v2.1-controlnet", "stage1": "swinir-realesrgan"}
