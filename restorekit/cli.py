@@ -253,7 +253,8 @@ def cmd_run(args) -> int:
 
             y = second_order_degrade(x, args.scale, seed=args.seed)
         else:
-            y = add_gaussian_noise(op.degrade(x), cfg.noise_level, gen)
+            noise = args.noise if args.noise is not None else getattr(cfg, "noise_level", 0.0)
+            y = add_gaussian_noise(op.degrade(x), noise, gen)
         if isinstance(op, Inpainting):
             y = op.forward(y)  # missing pixels carry no information (and no noise)
         deg_path = Path(args.save_degraded) if args.save_degraded else out_path.with_name(out_path.stem + "_degraded.png")

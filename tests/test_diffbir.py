@@ -15,17 +15,11 @@ from restorekit.methods.diffbir.pipeline import (DiffBIRPipeline, RestorationGui
                                                  wavelet_color_fix, wavelet_decompose)
 from restorekit.nets.bsrnet import RRDBNet
 
+from .conftest import randomised
+
 UNET = dict(sample_size=8, in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(32, 64), layers_per_block=1,
             cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8, use_linear_projection=True)
-
-
-def _randomise(m, seed, scale=0.05):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return m
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def tiny():
     text = CLIPTextModel(CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=37, num_attention_heads=4,
                                         num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0,
                                         eos_token_id=1, pad_token_id=1)).eval()
-    cn = _randomise(IRControlNet.from_unet_config(unet), 1).eval()  # non-zero "zero convs"
+    cn = randomised(IRControlNet.from_unet_config(unet), seed=1).eval()  # non-zero "zero convs"
     return unet, cn, vae, text
 
 
@@ -259,11 +253,7 @@ STAGE1 = json.loads((DATA / "diffbir_stage1_keys.json").read_text())
 
 
 def _fill(m):
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return m.eval()
+    return randomised(m, seed=1, scale=0.05).eval()
 
 
 @pytest.mark.parametrize("name,make", [("bsrnet", lambda: RRDBNet()), ("swinir_diffbir", lambda: SwinIR(SwinIRConfig())),
