@@ -278,3 +278,19 @@ def test_stage1_matches_official_outputs():
     for k, v in outs.items():
         assert v.shape == gold[k].shape
         assert (v - gold[k]).abs().max() <= 1e-4 * max(1.0, gold[k].abs().max().item()), k
+
+
+def test_same_size_stage1_sees_upscaled_input(tiny):
+    """SwinIR / SCUNet (stage1_sf = 1) get the LQ image bicubic-resized to the output size, as in DiffBIR."""
+    unet, cn, vae, text = tiny
+    seen = {}
+    swin = SwinIR(SwinIRConfig(img_size=8, embed_dim=24, depths=(2,), num_heads=(2,), window_size=4)).eval()
+
+    def stage1(x):
+        seen["shape"] = tuple(x.shape)
+        return swin(x)
+
+    r = DiffBIR.from_components(unet, cn, vae, stage1=stage1, stage1_sf=1, device="cpu",
+                                encode_prompt=_encode_prompt(text))
+    out = r.restore(torch.rand(1, 3, 9, 11), task="sr", steps=2, seed=0, scale=4)
+    assert seen["shape"] == (1, 3, 36, 44) and out.shape == (1, 3, 36, 44)

@@ -43,7 +43,7 @@ class DiffBIR(Restorer):
         self.pipeline, self.version = pipeline, version
         pipeline.device = self.device
         for m in (pipeline.unet, pipeline.controlnet, pipeline.vae, pipeline.stage1):
-            if m is not None:
+            if isinstance(m, torch.nn.Module):
                 m.to(self.device).eval().requires_grad_(False)
 
     @classmethod
