@@ -238,8 +238,9 @@ def run_bench(config_path, output: str | None = None, device: str | None = None,
     cfg = load_bench_config(config_path)
     base = Path(config_path).resolve().parent
     out = Path(output or cfg.get("output") or f"results/{cfg.get('name', 'bench')}")
-    state = PartialState()
     dev = torch.device(device or cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # several processes (accelerate launch / torchrun): GPUs get one device each; CPUs join a gloo group
+    state = PartialState(cpu=dev.type == "cpu")
     if dev.type == "cuda" and state.num_processes > 1:
         dev = state.device
     out.mkdir(parents=True, exist_ok=True)

@@ -80,3 +80,27 @@ def test_bad_config(tmp_path, capsys):
     p.write_text("name: x\n")
     assert main(["bench", str(p)]) == 2
     assert "needs 'datasets'" in capsys.readouterr().err
+
+
+def test_two_processes_share_the_sweep(sweep):
+    """Launched as 2 processes (torchrun; accelerate launch works the same on GPUs), items are dealt to the
+    ranks, each rank writes its own records, rank 0 merges the reports."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    cfg_path, out = sweep
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                        "127.0.0.1", "--master_port", str(port), "-m", "restorekit.cli", "bench", str(cfg_path),
+                        "--device", "cpu"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n0 = len((out / "records-0.jsonl").read_text().splitlines())
+    n1 = len((out / "records-1.jsonl").read_text().splitlines())
+    assert n0 == n1 == 8  # 16 items dealt round-robin
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 16 and len({r["key"] for r in rows}) == 16

@@ -215,7 +215,19 @@ def test_tiled_and_untiled_agree(tiny):
     assert torch.allclose(full, same, atol=1e-5)  # one tile covering everything == untiled
     tiled = r.restore(lq, **common, tiled=True, tile_size=64, tile_stride=32, vae_tile_size=128)
     psnr = 10 * torch.log10(1 / ((tiled - full) ** 2).mean())
-    assert psnr > 25, psnr  # overlapping latent tiles with Gaussian blending stay close
+    assert psnr > 25, psnr  # overlapping latent tiles with Gaussian blending stay close (measured 32 dB)
+    # diffusers' tiled VAE on top (per-tile GroupNorm statistics drift; the colour fix absorbs most of it)
+    vae = r.pipeline.vae
+    calls = []
+    orig = vae.tiled_decode
+    vae.tiled_decode = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        both = r.restore(lq, **common, tiled=True, tile_size=64, tile_stride=32, vae_tile_size=64)
+    finally:
+        del vae.tiled_decode
+        vae.disable_tiling()
+    assert calls  # the VAE really decoded in tiles
+    assert 10 * torch.log10(1 / ((both - full) ** 2).mean()) > 22  # measured 27 dB with this random tiny VAE
 
 
 def test_missing_weights_are_named(tmp_path):
