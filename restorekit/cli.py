@@ -61,6 +61,9 @@ def _add_run(sub):
     p.add_argument("--skip-type", choices=("quad", "uniform"), default=None)
     p.add_argument("--use-last-x0", action="store_true",
                    help="return the data-consistent last x0 instead of upstream's final x_t")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other method option, e.g. DiffBIR: --opt tiled=true --opt guidance_scale=0.1 "
+                        "--opt cfg_scale=4 --opt pos_prompt='a photo'; DiffPIR: --opt guidance_scale=1 (repeatable)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true")
@@ -126,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------
+
+
+def _parse_opts(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> options; values are read as YAML scalars (numbers, true/false, text)."""
+    import yaml
+
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise RestoreKitError(f"--opt expects KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError:
+            out[k.strip()] = v
+    return out
 
 
 def _read_kernel(path: str) -> torch.Tensor:
@@ -230,9 +249,10 @@ def cmd_run(args) -> int:
     if card is not None and card.demo:
         print(f"NOTE: using the bundled DEMO model '{card.name}' - demo quality only. For real results pass "
               f"--weights with an official model (see 'restorekit models').", file=sys.stderr)
+    extra = _parse_opts(args.opt)
     cfg = restorer.make_config(args.task, args.steps, lambda_=args.lambda_, zeta=args.zeta, eta=args.eta,
                                skip_type=args.skip_type, noise_level=args.noise,
-                               use_last_x0=True if args.use_last_x0 else None)
+                               use_last_x0=True if args.use_last_x0 else None, **extra)
     reference = None
     orig_hw = tuple(x.shape[-2:])
     gen = torch.Generator().manual_seed(args.seed)
@@ -285,7 +305,8 @@ def cmd_run(args) -> int:
     result = restorer.restore_tensor(y.to(restorer.device), task=args.task, operator=op, steps=args.steps,
                                      seed=args.seed, progress=progress, scale=args.scale, lambda_=args.lambda_,
                                      zeta=args.zeta, eta=args.eta, skip_type=args.skip_type,
-                                     noise_level=args.noise, use_last_x0=True if args.use_last_x0 else None)
+                                     noise_level=args.noise, use_last_x0=True if args.use_last_x0 else None,
+                                     **extra)
     if args.degrade and args.task == "sr":
         result = result[..., : orig_hw[0], : orig_hw[1]]
     save_image(out_path, result, info)

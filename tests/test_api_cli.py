@@ -183,3 +183,15 @@ def test_cli_config_file_and_override(tmp_path, tiny_weights, capsys):
     bad.write_text("task: sr\nsteppps: 3\n")
     assert main(["run", "--config", str(bad), "--input", str(src), "--output", str(tmp_path / "o2.png")]) == 2
     assert "steppps" in capsys.readouterr().err
+
+
+def test_cli_generic_options(tmp_path, tiny_weights, capsys):
+    src = _img(tmp_path, "x.png", np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    base = ["run", "--task", "sr", "--scale", "2", "--input", str(src), "--output", str(tmp_path / "o.png"),
+            "--weights", str(tiny_weights), "--no-progress", "--json", "--steps", "2"]
+    assert main(base + ["--opt", "guidance_scale=0.5", "--opt", "official_rng=false"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["config"]["guidance_scale"] == 0.5 and s["config"]["official_rng"] is False
+    assert main(base + ["--opt", "nonsense=1"]) == 2
+    assert "unknown DiffPIR option 'nonsense'" in capsys.readouterr().err
+    assert main(base + ["--opt", "novalue"]) == 2
