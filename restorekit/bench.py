@@ -136,24 +136,17 @@ def _crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
 
 
 def degrade(x: torch.Tensor, task: str, spec: dict, seed: int):
-    """(observation, operator) for a clean image, deterministic in ``seed``."""
-    from .operators import Inpainting, add_gaussian_noise, make_operator
+    """(clean image cropped to the operator's grid, observation, operator), deterministic in ``seed``."""
+    from .operators import synthesize
 
     spec = dict(spec)
     noise = float(spec.pop("noise", 0.0))
-    scale = int(spec.get("scale", 4))
     if task == "sr":
+        scale = int(spec.get("scale", 4))
         h, w = x.shape[-2:]
         x = x[..., : h - h % scale, : w - w % scale]
-    if task == "sr" and spec.get("sr_mode") == "realesrgan":
-        from .operators.realesrgan import second_order_degrade
-
-        return x, second_order_degrade(x, scale, seed=seed), make_operator("sr", tuple(x.shape[-2:]), scale=scale)
-    op = make_operator(task, tuple(x.shape[-2:]), seed=seed, **spec)
-    y = add_gaussian_noise(op.degrade(x), noise, torch.Generator().manual_seed(seed))
-    if isinstance(op, Inpainting):
-        y = op.forward(y)
-    return x, y, op  # not clamped: the noisy observation, as DiffPIR's benchmarks
+    y, op = synthesize(x, task, noise=noise, seed=seed, **spec)
+    return x, y, op
 
 
 class PeakMemory:

@@ -230,10 +230,9 @@ def _apply_config(args) -> None:
 
 
 def cmd_run(args) -> int:
-    from .api import Restorer
     from .io import pad_to_multiple, read_image, save_image
     from .metrics import compute_metrics
-    from .operators import BicubicDownsample, BlurDownsample, Inpainting, add_gaussian_noise, gaussian_kernel, make_operator
+    from .operators import BicubicDownsample, BlurDownsample, Inpainting, gaussian_kernel, synthesize
     from .registry import get_method
 
     _apply_config(args)
@@ -255,28 +254,18 @@ def cmd_run(args) -> int:
                                use_last_x0=True if args.use_last_x0 else None, **extra)
     reference = None
     orig_hw = tuple(x.shape[-2:])
-    gen = torch.Generator().manual_seed(args.seed)
     if args.degrade:
         reference = x
         if args.task == "sr":
             x, orig_hw = pad_to_multiple(x, args.scale)
         kernel_tensor = _read_kernel(args.kernel_file) if args.kernel_file else None
         mask_tensor = _read_mask(args.mask_file, *x.shape[-2:]) if args.mask_file else None
-        real = args.task == "sr" and args.sr_mode == "realesrgan"
-        op = make_operator(args.task, tuple(x.shape[-2:]), kernel=args.kernel, kernel_size=args.kernel_size,
-                           kernel_std=args.kernel_std, motion_intensity=args.motion_intensity, scale=args.scale,
-                           sr_mode="bicubic" if real else args.sr_mode, sr_kernel_std=args.sr_kernel_std,
-                           mask=args.mask, mask_prob=args.mask_prob, box_size=args.box_size,
-                           kernel_tensor=kernel_tensor, mask_tensor=mask_tensor, seed=args.seed)
-        if real:
-            from .operators.realesrgan import second_order_degrade
-
-            y = second_order_degrade(x, args.scale, seed=args.seed)
-        else:
-            noise = args.noise if args.noise is not None else getattr(cfg, "noise_level", 0.0)
-            y = add_gaussian_noise(op.degrade(x), noise, gen)
-        if isinstance(op, Inpainting):
-            y = op.forward(y)  # missing pixels carry no information (and no noise)
+        noise = args.noise if args.noise is not None else getattr(cfg, "noise_level", 0.0)
+        y, op = synthesize(x, args.task, noise=noise, seed=args.seed, sr_mode=args.sr_mode, kernel=args.kernel,
+                           kernel_size=args.kernel_size, kernel_std=args.kernel_std,
+                           motion_intensity=args.motion_intensity, scale=args.scale,
+                           sr_kernel_std=args.sr_kernel_std, mask=args.mask, mask_prob=args.mask_prob,
+                           box_size=args.box_size, kernel_tensor=kernel_tensor, mask_tensor=mask_tensor)
         deg_path = Path(args.save_degraded) if args.save_degraded else out_path.with_name(out_path.stem + "_degraded.png")
         save_image(deg_path, y.clamp(0, 1), info if args.task != "inpaint" else None)
         print(f"degraded input written to {deg_path}", file=sys.stderr)

@@ -310,7 +310,9 @@ def save_image(path: str | os.PathLike, x, info: ImageInfo | None = None) -> Pat
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad bottom/right so H and W are multiples of ``multiple``; returns the original (H, W)."""
+    """Pad bottom/right so H and W are multiples of ``multiple``; returns the original (H, W).
+
+    Reflect padding falls back to replicate where the pad is not smaller than the image."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:

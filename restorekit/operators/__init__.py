@@ -3,11 +3,11 @@
 from .base import LinearOperator, add_gaussian_noise
 from .blur import (BicubicDownsample, Blur, BlurDownsample, bicubic_kernel, diffpir_gaussian_std,
                    gaussian_kernel, motion_kernel, psf2otf)
-from .factory import TASKS, make_operator
+from .factory import TASKS, make_operator, synthesize
 from .inpaint import Inpainting, box_mask, half_mask, make_mask, random_mask
 
 __all__ = [
     "LinearOperator", "add_gaussian_noise", "Blur", "BlurDownsample", "BicubicDownsample", "Inpainting",
     "gaussian_kernel", "motion_kernel", "bicubic_kernel", "diffpir_gaussian_std", "psf2otf",
-    "random_mask", "box_mask", "half_mask", "make_mask", "make_operator", "TASKS",
+    "random_mask", "box_mask", "half_mask", "make_mask", "make_operator", "synthesize", "TASKS",
 ]

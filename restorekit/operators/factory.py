@@ -61,3 +61,25 @@ def make_operator(task: str, hr_size: tuple[int, int], *, kernel: str = "gaussia
             return Inpainting(m)
         return Inpainting(make_mask(mask, h, w, rng=rng, prob=mask_prob, box_size=box_size))
     raise TaskError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+
+
+def synthesize(x: torch.Tensor, task: str, noise: float = 0.0, seed: int | None = 0, sr_mode: str = "bicubic",
+               **operator_kwargs) -> tuple[torch.Tensor, LinearOperator]:
+    """Degrade a clean image: (observation, operator). Deterministic in ``seed``.
+
+    ``sr_mode='realesrgan'`` uses the Real-ESRGAN second-order pipeline (the returned operator is then only
+    the bicubic model of it); otherwise ``y = A x + noise``, and for inpainting the missing pixels stay 0.
+    The observation is not clamped (it is the noisy measurement, as in DiffPIR's benchmarks).
+    """
+    from .base import add_gaussian_noise
+
+    if task == "sr" and sr_mode == "realesrgan":
+        from .realesrgan import second_order_degrade
+
+        scale = int(operator_kwargs.get("scale", 4))
+        return second_order_degrade(x, scale, seed=seed), make_operator("sr", tuple(x.shape[-2:]), scale=scale)
+    op = make_operator(task, tuple(x.shape[-2:]), seed=seed, sr_mode=sr_mode, **operator_kwargs)
+    y = add_gaussian_noise(op.degrade(x), noise, torch.Generator().manual_seed(0 if seed is None else seed))
+    if isinstance(op, Inpainting):
+        y = op.forward(y)
+    return y, op

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ...api import Restorer
 from ...errors import TaskError, WeightsError
+from ...io import pad_to_multiple
 from ...nets.diffir import PRESETS, DiffIRConfig, DiffIRS2
 from ...operators import Inpainting
 from ...registry import register_method
@@ -150,11 +150,7 @@ class DiffIR(Restorer):
             net_in = torch.cat([y * (1 - missing), missing], dim=1)
         else:
             net_in = y
-        m = self.config.size_multiple
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            net_in = F.pad(net_in, (0, pw, 0, ph), mode=mode)
+        net_in, _ = pad_to_multiple(net_in, self.config.size_multiple)  # reflect, as upstream's pad_test
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         out = self.net(net_in, generator=gen, official_rng=run.official_rng)[..., : h * sf, : w * sf]
         if progress is not None:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ...diffusion import LinearSchedule
+from ...io import pad_to_multiple
 from ...operators.base import LinearOperator
 from ...operators.inpaint import Inpainting
 
@@ -117,13 +118,7 @@ class EpsToX0:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        m = self.size_multiple
-        ph, pw = (-h) % m, (-w) % m
-        xin = x
-        if ph or pw:
-            mode = "reflect" if ph < h and pw < w else "replicate"
-            xin = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+        xin, (h, w) = pad_to_multiple(x, self.size_multiple)
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         eps = self.net(xin, tt)[:, :3, :h, :w].to(x.dtype)
         x0 = self._a[t].float().item() * x - self._b[t].float().item() * eps
