@@ -306,3 +306,15 @@ def test_same_size_stage1_sees_upscaled_input(tiny):
                                 encode_prompt=_encode_prompt(text))
     out = r.restore(torch.rand(1, 3, 9, 11), task="sr", steps=2, seed=0, scale=4)
     assert seen["shape"] == (1, 3, 36, 44) and out.shape == (1, 3, 36, 44)
+
+
+def test_start_points(tiny):
+    r = _restorer(tiny)
+    lq = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    outs = {sp: r.restore(lq, task="sr", steps=2, seed=0, scale=1, start_point=sp)
+            for sp in ("noise", "cond", "low_freq")}
+    assert not torch.equal(outs["noise"], outs["cond"]) and not torch.equal(outs["cond"], outs["low_freq"])
+    with pytest.raises(TaskError, match="start_point"):
+        r.restore(lq, task="sr", steps=2, seed=0, scale=1, start_point="middle")
+    with pytest.raises(TaskError, match="tile_size"):
+        r.restore(lq, task="sr", steps=2, seed=0, scale=1, tile_size=100)

@@ -42,7 +42,7 @@ class DiffBIRSettings:
     pos_prompt: str = ""
     neg_prompt: str = V2_NEG_PROMPT
     strength: float = 1.0
-    start_point: str = "noise"  # "noise" | "cond" (noised condition latent, v2's --better_start)
+    start_point: str = "noise"  # "noise" | "cond" (v2.1: noised condition latent) | "low_freq" (v2's --better_start)
     guidance_scale: float = 0.0  # 0 = off (official default)
     guidance_loss: str = "w_mse"  # "mse" | "w_mse"
     guidance_space: str = "latent"  # "latent" | "rgb"
@@ -271,10 +271,18 @@ class DiffBIRPipeline:
         def randn():
             return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
 
-        if s.start_point == "cond":
-            x = ac[-1].sqrt().item() * cond + (1 - ac[-1]).sqrt().item() * randn()
-        else:
+        if s.start_point in ("cond", "low_freq"):
+            if s.start_point == "cond":
+                x0 = cond
+            else:  # VAE sample of the stage-1 image's low-frequency band
+                low = wavelet_decompose(clean)[1]
+                x0 = self.vae.encode((low * 2 - 1).to(self.vae.dtype)).latent_dist.sample(generator=generator)
+                x0 = x0.float().to(self.device) * self.scaling
+            x = ac[-1].sqrt().item() * x0 + (1 - ac[-1]).sqrt().item() * randn()
+        elif s.start_point == "noise":
             x = randn()
+        else:
+            raise ValueError(f"unknown start_point {s.start_point!r}; use noise, cond or low_freq")
         ts = [int(t) for t in sched.timesteps]
         for i, t in enumerate(ts):
             prev = ts[i + 1] if i + 1 < len(ts) else -1

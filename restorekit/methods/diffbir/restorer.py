@@ -128,7 +128,15 @@ class DiffBIR(Restorer):
             if k not in names:
                 raise TaskError(f"option {k!r} does not apply to DiffBIR; options are {', '.join(sorted(names))}")
             extra[k] = v
-        return DiffBIRSettings.for_version(self.version, steps=steps, **extra)
+        s = DiffBIRSettings.for_version(self.version, steps=steps, **extra)
+        choices = {"start_point": ("noise", "cond", "low_freq"), "guidance_space": ("latent", "rgb"),
+                   "guidance_loss": ("mse", "w_mse"), "color_fix": ("wavelet", "none")}
+        for k, allowed in choices.items():
+            if getattr(s, k) not in allowed:
+                raise TaskError(f"DiffBIR option {k}={getattr(s, k)!r}; choose one of {', '.join(allowed)}")
+        if s.steps < 1 or s.tile_size % 64 or s.tile_stride < 8:
+            raise TaskError("DiffBIR needs steps >= 1, tile_size a multiple of 64 and tile_stride >= 8")
+        return s
 
     @torch.no_grad()
     def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
