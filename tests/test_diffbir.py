@@ -318,3 +318,19 @@ def test_start_points(tiny):
         r.restore(lq, task="sr", steps=2, seed=0, scale=1, start_point="middle")
     with pytest.raises(TaskError, match="tile_size"):
         r.restore(lq, task="sr", steps=2, seed=0, scale=1, tile_size=100)
+
+
+def test_ldm_unet_checkpoint_round_trip(tiny):
+    """SD-style full checkpoint (model.diffusion_model.*) -> diffusers' convert_ldm_unet_checkpoint via sd_from_ldm."""
+    from restorekit.methods.diffbir.convert import sd_from_ldm, unet_to_ldm
+
+    unet = randomised(type(tiny[0])(**UNET), seed=4)
+    sd = unet.state_dict()
+    ldm = unet_to_ldm(sd, UNET)
+    assert len(ldm) == len(sd)
+    assert "output_blocks.1.1.conv.weight" in ldm or "output_blocks.1.2.conv.weight" in ldm  # first up-block upsampler
+    assert "out.2.weight" in ldm and "middle_block.1.proj_out.weight" in ldm
+    ckpt = {f"model.diffusion_model.{k}": v for k, v in ldm.items()}
+    back, vae, text = sd_from_ldm(ckpt, unet_config=UNET)
+    assert vae == {} and text is None
+    assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)

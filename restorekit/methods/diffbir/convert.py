@@ -4,8 +4,8 @@ The key mapping itself is diffusers' (``diffusers.loaders.single_file_utils``):
 ``convert_controlnet_checkpoint`` for the IRControlNet (v1 ``control_model.*``
 inside a full ControlLDM checkpoint, v2 / v2.1 stand-alone ControlNet state
 dicts), ``convert_ldm_unet_checkpoint`` / ``convert_ldm_vae_checkpoint`` /
-``convert_open_clip_checkpoint`` for SD 2.1-base. :func:`controlnet_to_ldm`
-is the inverse for the ControlNet (export, and the round-trip test).
+``convert_open_clip_checkpoint`` for SD 2.1-base. :func:`controlnet_to_ldm` and
+:func:`unet_to_ldm` are the inverses (export, and the round-trip tests).
 """
 
 from __future__ import annotations
@@ -51,15 +51,8 @@ def _rename(sd, out, src_prefix, dst_prefix, pairs=()):
             out[f"{dst_prefix}.{rest}"] = v
 
 
-def controlnet_to_ldm(sd: dict, config: dict) -> dict:
-    """diffusers IRControlNet state dict -> DiffBIR's ldm naming (``input_blocks``, ``zero_convs``, ...)."""
-    out = {}
-    maps = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-            "conv_in": "input_blocks.0.0", "controlnet_mid_block": "middle_block_out.0"}
-    for d, l in maps.items():
-        for p in ("weight", "bias"):
-            if f"{d}.{p}" in sd:
-                out[f"{l}.{p}"] = sd[f"{d}.{p}"]
+def _down_and_mid_to_ldm(sd: dict, out: dict, config: dict) -> int:
+    """Encoder half (input_blocks) and middle block, shared by the UNet and the ControlNet; returns #input blocks."""
     n_levels = len(config["block_out_channels"])
     lpb = config["layers_per_block"]
     idx = 1
@@ -71,11 +64,46 @@ def controlnet_to_ldm(sd: dict, config: dict) -> dict:
         if b < n_levels - 1:
             _rename(sd, out, f"down_blocks.{b}.downsamplers.0.conv", f"input_blocks.{idx}.0.op")
             idx += 1
-    for i in range(idx):
-        _rename(sd, out, f"controlnet_down_blocks.{i}", f"zero_convs.{i}.0")
     _rename(sd, out, "mid_block.resnets.0", "middle_block.0", _RESNET)
     _rename(sd, out, "mid_block.attentions.0", "middle_block.1")
     _rename(sd, out, "mid_block.resnets.1", "middle_block.2", _RESNET)
+    return idx
+
+
+def _copy(sd: dict, out: dict, maps: dict) -> None:
+    for d, l in maps.items():
+        for p in ("weight", "bias"):
+            if f"{d}.{p}" in sd:
+                out[f"{l}.{p}"] = sd[f"{d}.{p}"]
+
+
+def controlnet_to_ldm(sd: dict, config: dict) -> dict:
+    """diffusers IRControlNet state dict -> DiffBIR's ldm naming (``input_blocks``, ``zero_convs``, ...)."""
+    out = {}
+    _copy(sd, out, {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+                    "conv_in": "input_blocks.0.0", "controlnet_mid_block": "middle_block_out.0"})
+    n_in = _down_and_mid_to_ldm(sd, out, config)
+    for i in range(n_in):
+        _rename(sd, out, f"controlnet_down_blocks.{i}", f"zero_convs.{i}.0")
+    return out
+
+
+def unet_to_ldm(sd: dict, config: dict) -> dict:
+    """diffusers UNet2DConditionModel state dict -> ldm naming (without the ``model.diffusion_model.`` prefix)."""
+    out = {}
+    _copy(sd, out, {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+                    "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"})
+    _down_and_mid_to_ldm(sd, out, config)
+    n_levels = len(config["block_out_channels"])
+    lpb = config["layers_per_block"]
+    for b in range(n_levels):
+        for j in range(lpb + 1):
+            i = b * (lpb + 1) + j
+            _rename(sd, out, f"up_blocks.{b}.resnets.{j}", f"output_blocks.{i}.0", _RESNET)
+            has_attn = any(k.startswith(f"up_blocks.{b}.attentions.{j}.") for k in sd)
+            _rename(sd, out, f"up_blocks.{b}.attentions.{j}", f"output_blocks.{i}.1")
+            if j == lpb and b < n_levels - 1:
+                _rename(sd, out, f"up_blocks.{b}.upsamplers.0.conv", f"output_blocks.{i}.{2 if has_attn else 1}.conv")
     return out
 
 
@@ -86,7 +114,9 @@ def sd_from_ldm(ckpt: dict, unet_config: dict | None = None, vae_config: dict | 
                                                      convert_open_clip_checkpoint)
 
     unet = convert_ldm_unet_checkpoint(ckpt, dict(unet_config or SD21_UNET))
-    vae = convert_ldm_vae_checkpoint(ckpt, dict(vae_config or SD21_VAE))
+    vae = {}
+    if any(k.startswith("first_stage_model.") for k in ckpt):
+        vae = convert_ldm_vae_checkpoint(ckpt, dict(vae_config or SD21_VAE))
     text = None
     if text_encoder is not None and any(k.startswith("cond_stage_model.model.") for k in ckpt):
         text = convert_open_clip_checkpoint(text_encoder, ckpt)
