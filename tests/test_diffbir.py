@@ -334,3 +334,20 @@ def test_ldm_unet_checkpoint_round_trip(tiny):
     back, vae, text = sd_from_ldm(ckpt, unet_config=UNET)
     assert vae == {} and text is None
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+def test_ldm_vae_checkpoint_round_trip(tiny):
+    """first_stage_model.* (ldm VAE, 1x1-conv attention) -> diffusers' convert_ldm_vae_checkpoint via sd_from_ldm."""
+    from restorekit.methods.diffbir.convert import sd_from_ldm, unet_to_ldm, vae_to_ldm
+
+    vae = randomised(tiny[2].__class__.from_config(tiny[2].config), seed=5)
+    sd = vae.state_dict()
+    cfg = dict(vae.config)
+    ldm = vae_to_ldm(sd, cfg)
+    assert len(ldm) == len(sd)
+    assert ldm["encoder.mid.attn_1.q.weight"].ndim == 4 and "decoder.up.3.block.0.conv1.weight" in ldm
+    unet_sd = type(tiny[0])(**UNET).state_dict()
+    ckpt = {f"first_stage_model.{k}": v for k, v in ldm.items()}
+    ckpt.update({f"model.diffusion_model.{k}": v for k, v in unet_to_ldm(unet_sd, UNET).items()})
+    _, back, _ = sd_from_ldm(ckpt, unet_config=UNET, vae_config=cfg)
+    assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)

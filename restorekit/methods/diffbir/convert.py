@@ -5,7 +5,7 @@ The key mapping itself is diffusers' (``diffusers.loaders.single_file_utils``):
 inside a full ControlLDM checkpoint, v2 / v2.1 stand-alone ControlNet state
 dicts), ``convert_ldm_unet_checkpoint`` / ``convert_ldm_vae_checkpoint`` /
 ``convert_open_clip_checkpoint`` for SD 2.1-base. :func:`controlnet_to_ldm` and
-:func:`unet_to_ldm` are the inverses (export, and the round-trip tests).
+:func:`unet_to_ldm` / :func:`vae_to_ldm` are the inverses (export, and the round-trip tests).
 """
 
 from __future__ import annotations
@@ -104,6 +104,35 @@ def unet_to_ldm(sd: dict, config: dict) -> dict:
             _rename(sd, out, f"up_blocks.{b}.attentions.{j}", f"output_blocks.{i}.1")
             if j == lpb and b < n_levels - 1:
                 _rename(sd, out, f"up_blocks.{b}.upsamplers.0.conv", f"output_blocks.{i}.{2 if has_attn else 1}.conv")
+    return out
+
+
+_VAE_RESNET = [("conv_shortcut", "nin_shortcut")]
+_VAE_ATTN = [("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")]
+
+
+def vae_to_ldm(sd: dict, config: dict) -> dict:
+    """diffusers AutoencoderKL state dict -> ldm naming (without the ``first_stage_model.`` prefix)."""
+    out = {}
+    _copy(sd, out, {f"{part}.{a}": f"{part}.{b}" for part in ("encoder", "decoder")
+                    for a, b in (("conv_in", "conv_in"), ("conv_out", "conv_out"), ("conv_norm_out", "norm_out"))})
+    _copy(sd, out, {"quant_conv": "quant_conv", "post_quant_conv": "post_quant_conv"})
+    n = len(config["down_block_types"])
+    for i in range(n):
+        for j in range(config.get("layers_per_block", 2) + 1):
+            _rename(sd, out, f"encoder.down_blocks.{i}.resnets.{j}", f"encoder.down.{i}.block.{j}", _VAE_RESNET)
+            _rename(sd, out, f"decoder.up_blocks.{i}.resnets.{j}", f"decoder.up.{n - 1 - i}.block.{j}", _VAE_RESNET)
+        _rename(sd, out, f"encoder.down_blocks.{i}.downsamplers.0.conv", f"encoder.down.{i}.downsample.conv")
+        _rename(sd, out, f"decoder.up_blocks.{i}.upsamplers.0.conv", f"decoder.up.{n - 1 - i}.upsample.conv")
+    for part in ("encoder", "decoder"):
+        for k in (0, 1):
+            _rename(sd, out, f"{part}.mid_block.resnets.{k}", f"{part}.mid.block_{k + 1}", _VAE_RESNET)
+        attn = {}
+        _rename(sd, attn, f"{part}.mid_block.attentions.0", f"{part}.mid.attn_1")
+        for k, v in attn.items():
+            for a, b in _VAE_ATTN:
+                k = k.replace(f".attn_1.{a}.", f".attn_1.{b}.")
+            out[k] = v[..., None, None] if v.ndim == 2 else v  # ldm uses 1x1 convs
     return out
 
 
