@@ -255,8 +255,9 @@ def run_bench(config_path, output: str | None = None, device: str | None = None,
     notes: set = set()
     rec_path = out / f"records-{state.process_index}.jsonl"
     ds_specs = cfg["datasets"]
+    files = {(ds, p.stem): p for ds in {it.dataset for it in todo} for p in dataset_images(ds_specs[ds], base)}
     for n, it in enumerate(todo, 1):
-        arr, _ = read_image(next(p for p in dataset_images(ds_specs[it.dataset], base) if p.stem == it.image))
+        arr, _ = read_image(files[(it.dataset, it.image)])
         clean = _crop(torch.from_numpy(arr).permute(2, 0, 1)[None], ds_specs[it.dataset].get("crop"))
         clean, y, op = degrade(clean, it.task, cfg["tasks"][it.task], it.seed)
         deg_file = out / "images" / f"{it.dataset}__{it.image}__{it.task}__seed{it.seed}__degraded.png"

@@ -232,7 +232,7 @@ def _apply_config(args) -> None:
 def cmd_run(args) -> int:
     from .io import pad_to_multiple, read_image, save_image
     from .metrics import compute_metrics
-    from .operators import BicubicDownsample, BlurDownsample, Inpainting, gaussian_kernel, synthesize
+    from .operators import make_operator, synthesize
     from .registry import get_method
 
     _apply_config(args)
@@ -278,18 +278,16 @@ def cmd_run(args) -> int:
             if not args.kernel_file:
                 raise TaskError("DiffPIR deblurring is non-blind: give the blur kernel with --kernel-file "
                                 "(or use --degrade to blur the input synthetically)")
-            op = BlurDownsample(_read_kernel(args.kernel_file), 1)
+            op = make_operator("deblur", (h, w), kernel_tensor=_read_kernel(args.kernel_file))
         elif args.task == "inpaint":
             if not args.mask_file:
                 raise TaskError("inpainting an already masked image needs --mask-file (white = known pixels), "
                                 "or use --degrade to mask the input synthetically")
-            op = Inpainting(_read_mask(args.mask_file, h, w))
-        else:
-            if args.sr_mode in ("bicubic", "realesrgan"):
-                op = BicubicDownsample(args.scale)
-            else:
-                op = BlurDownsample(gaussian_kernel(2 * int(np.ceil(4 * args.sr_kernel_std)) + 1, args.sr_kernel_std),
-                                    args.scale)
+            op = make_operator("inpaint", (h, w), mask_tensor=_read_mask(args.mask_file, h, w))
+        else:  # the observation is low resolution: the operator acts on the (h*scale, w*scale) image
+            op = make_operator("sr", (h * args.scale, w * args.scale), scale=args.scale,
+                               sr_mode="bicubic" if args.sr_mode == "realesrgan" else args.sr_mode,
+                               sr_kernel_std=args.sr_kernel_std)
     progress = _progress(f"{args.method} {args.task}", args.no_progress)
     result = restorer.restore_tensor(y.to(restorer.device), task=args.task, operator=op, steps=args.steps,
                                      seed=args.seed, progress=progress, scale=args.scale, lambda_=args.lambda_,

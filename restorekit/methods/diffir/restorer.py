@@ -16,9 +16,6 @@ from ...operators import Inpainting
 from ...registry import register_method
 from ...weights import ModelCard, load_state_dict, load_strict
 
-VARIANT_TASK = {"sr": "sr", "deblur": "deblur", "inpaint": "inpaint"}
-
-
 def convert_checkpoint(sd: dict) -> dict:
     """Official checkpoints -> DiffIRS2 state dict.
 
@@ -84,7 +81,7 @@ class DiffIR(Restorer):
             p.requires_grad_(False)
         self.config: DiffIRConfig = net.config
         self.preset = preset
-        self.tasks = (VARIANT_TASK[self.config.variant],)  # one checkpoint does one task
+        self.tasks = (self.config.variant,)  # one checkpoint does one task (variant names are task names)
 
     @classmethod
     def default_model_for(cls, task: str | None) -> str:

@@ -132,7 +132,7 @@ def train_diffir(config: str | Path | dict, stage: int, data: str | None = None,
     if task not in ("sr", "deblur", "inpaint"):
         raise ConfigError("training config needs task: sr | deblur | inpaint")
     net_cfg = network_config(cfg)
-    if {"sr": "sr", "deblur": "deblur", "inpaint": "inpaint"}[task] != net_cfg.variant:
+    if task != net_cfg.variant:
         raise ConfigError(f"task {task!r} does not match the network variant {net_cfg.variant!r}")
     scfg = dict(cfg.get(f"stage{stage}", {}))
     if stage not in (1, 2):

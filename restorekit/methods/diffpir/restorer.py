@@ -126,10 +126,3 @@ class DiffPIR(Restorer):
         out = diffpir_sample(x0_fn, y, op, x_init, cfg, self.schedule, gen, callback=progress)
         return out.clamp(0, 1)
 
-
-def num_evaluations(config: DiffPIRConfig) -> int:
-    """Network evaluations (NFE) DiffPIR spends with ``config``."""
-    from .sampler import diffpir_sequence
-
-    return len(diffpir_sequence(config.steps, config.skip_type))
-
