@@ -18,6 +18,57 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU; a name that does not exist here is a :class:`RestoreKitError`."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise RestoreKitError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise RestoreKitError(f"device {device!r} asked for, but no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise RestoreKitError(f"device {device!r} does not exist: this machine has {n} CUDA GPU(s) "
+                                  f"(cuda:0..cuda:{n - 1})")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise RestoreKitError(f"device {device!r} asked for, but MPS is not available here")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise RestoreKitError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or mps")
+    return dev
+
+
+#: largest image (in megapixels) a method restores in one piece by default; the UNet of DiffPIR attends over
+#: the whole image, so its memory grows with the square of the pixel count. ``max_megapixels=`` lifts it.
+MAX_MEGAPIXELS = {"diffpir": 1.1}
+
+
+def check_image_size(method: str, h: int, w: int, max_megapixels: float | None = None) -> None:
+    limit = max_megapixels if max_megapixels is not None else MAX_MEGAPIXELS.get(method)
+    if limit is not None and h * w > limit * 1e6:
+        raise RestoreKitError(
+            f"image is {w}x{h} ({h * w / 1e6:.1f} MP), larger than {method}'s limit of {limit:g} MP for one "
+            f"piece (its UNet attends over the whole image: memory grows with the square of the pixel count); "
+            f"crop or downscale it, or raise the limit with --max-megapixels / max_megapixels=")
+
+
+def check_operator_fits(operator, hw) -> None:
+    """An operator built for another image size is a :class:`TaskError`, not a shape error deep inside."""
+    if operator is None:
+        return
+    if isinstance(operator, (list, tuple)):
+        raise TaskError("pass one operator per image: a list of operators needs a list of images")
+    h, w = int(hw[0]), int(hw[1])
+    mask = getattr(operator, "mask", None)
+    if isinstance(mask, torch.Tensor) and tuple(mask.shape[-2:]) != (h, w):
+        raise TaskError(f"the inpainting mask is {mask.shape[-1]}x{mask.shape[-2]} but the image is {w}x{h}")
+    size = getattr(operator, "image_size", None)  # operators built for a fixed measurement size
+    if size is not None and tuple(size) != (h, w):
+        raise TaskError(f"the operator was built for {size[1]}x{size[0]} images but the image is {w}x{h}")
+
+
 class Restorer:
     """Base class of the method plugins.
 
@@ -35,7 +86,7 @@ class Restorer:
     tasks: ClassVar[tuple] = ()
 
     def __init__(self, device: str | torch.device | None = None):
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(device)
         self.card: ModelCard | None = None
         self.weights_path: Path | None = None
 
@@ -51,6 +102,9 @@ class Restorer:
         """
         card = None
         path = None
+        resolve_device(device)  # an impossible device fails before any weights are read
+        if name_or_path is None and cls is Restorer and method is None:
+            method = "diffpir"  # the default method and its bundled default model
         if name_or_path is not None and Path(name_or_path).exists():
             path = Path(name_or_path)
         elif name_or_path is not None:
@@ -94,13 +148,32 @@ class Restorer:
             raise TaskError(f"method {self.name!r} does not do task {task!r}; it does: {', '.join(self.tasks)}")
 
     def restore(self, image, task: str | None = None, operator=None, steps: int | None = None,
-                seed: int | None = None, **options):
-        """Restore ``image`` (the degraded observation) and return the same kind of object."""
+                seed: int | None = None, max_megapixels: float | None = None, **options):
+        """Restore ``image`` (the degraded observation) and return the same kind of object.
+
+        A list of images, or a tensor shaped (N, C, H, W) with N > 1, is restored image by image and
+        returned as a list / stacked tensor; image k gets seed ``seed + k`` (as if it ran alone with that
+        seed), so results do not depend on how images are grouped. ``operator`` may then be a list too.
+        """
         task = task or (self.tasks[0] if len(self.tasks) == 1 else None)
         if task is None:
             raise TaskError(f"pass task=...; method {self.name!r} does: {', '.join(self.tasks)}")
         self.check_task(task)
+        batched_tensor = isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[0] != 1
+        if isinstance(image, (list, tuple)) or batched_tensor:
+            items = list(image.unbind(0)) if batched_tensor else list(image)
+            if not items:
+                raise RestoreKitError("restore() got an empty list of images")
+            ops = operator if isinstance(operator, (list, tuple)) else [operator] * len(items)
+            if len(ops) != len(items):
+                raise RestoreKitError(f"got {len(items)} images but {len(ops)} operators")
+            base = 0 if seed is None else int(seed)
+            outs = [self.restore(im, task, op, steps, base + k, max_megapixels, **options)
+                    for k, (im, op) in enumerate(zip(items, ops))]
+            return torch.stack(outs) if batched_tensor else outs
         x, info = to_tensor(image)
+        check_image_size(self.name, *x.shape[-2:], max_megapixels=max_megapixels)
+        check_operator_fits(operator, x.shape[-2:])
         out = self.restore_tensor(x.to(self.device), task=task, operator=operator, steps=steps, seed=seed, **options)
         if info.kind == "file":
             info.kind = "pil"

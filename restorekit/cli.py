@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -13,26 +14,32 @@ import torch.nn.functional as F
 
 from .errors import RestoreKitError, TaskError
 
-TASK_CHOICES = ("deblur", "sr", "inpaint")
-
-
 def _add_run(sub):
-    p = sub.add_parser("run", help="restore one image",
-                       description="Restore an image. With --degrade the input is treated as the clean image and "
+    p = sub.add_parser("run", help="restore an image, a folder, a glob or a list of images",
+                       description="Restore images. With --degrade the input is treated as the clean image and "
                                    "degraded synthetically first (then PSNR/SSIM against it are printed); "
                                    "otherwise the input is the degraded observation.")
     p.add_argument("--config", default=None,
                    help="YAML with method, task and method options (e.g. configs/diffpir/deblur.yaml); "
                         "flags given on the command line win")
     p.add_argument("--method", default=None, help="restoration method (default: diffpir)")
-    p.add_argument("--task", default=None, choices=TASK_CHOICES)
-    p.add_argument("--input", required=True, help="input image (PNG/JPEG/TIFF/...; gray, RGB, RGBA, 8/16-bit)")
-    p.add_argument("--output", required=True, help="output image path, or an existing folder")
+    p.add_argument("--task", default=None, help="deblur | sr | inpaint (DiffPIR, DiffIR); sr | face | denoise | "
+                                                "unaligned_face (DiffBIR)")
+    p.add_argument("--input", required=True,
+                   help="an image (PNG/JPEG/TIFF/...; gray, RGB, RGBA, 8/16-bit), a folder of images, a glob "
+                        "('photos/*.jpg', quoted) or a .txt file listing image paths")
+    p.add_argument("--output", required=True,
+                   help="output image path, or a folder (a trailing '/', an existing folder or a name without an "
+                        "image suffix; created if missing). Several inputs always write into a folder")
+    p.add_argument("--recursive", action="store_true", help="with a folder --input: also its sub-folders")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo images whose output exists (folder mode skips them by default); also needed to "
+                        "write over an input file")
     p.add_argument("--weights", default=None,
                    help="model name (see 'restorekit models') or checkpoint path; default: the method's bundled demo")
     p.add_argument("--degrade", action="store_true", help="degrade the input synthetically before restoring")
-    p.add_argument("--save-degraded", default=None, help="where to save the degraded image (with --degrade); "
-                                                          "default: <output>_degraded.png")
+    p.add_argument("--save-degraded", default=None, help="where to save the degraded image (with --degrade, one "
+                                                          "input); default: <output>_degraded.png")
     p.add_argument("--kernel", choices=("gaussian", "motion"), default=None,
                    help="blur kernel for --degrade (default gaussian)")
     p.add_argument("--kernel-std", type=float, default=None,
@@ -54,19 +61,26 @@ def _add_run(sub):
                    help="Gaussian noise std on [0,1] images: added by --degrade and assumed by the method "
                         "(default: the method's task default, 0.05 for deblur/sr, 0 for inpaint)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps / NFE (default: the official value)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (default 0); with several inputs image k (in sorted order) gets seed+k")
     p.add_argument("--lambda", dest="lambda_", type=float, default=None, help="DiffPIR lambda")
     p.add_argument("--zeta", type=float, default=None, help="DiffPIR zeta")
     p.add_argument("--eta", type=float, default=None, help="DiffPIR eta")
     p.add_argument("--skip-type", choices=("quad", "uniform"), default=None)
-    p.add_argument("--use-last-x0", action="store_true",
+    p.add_argument("--use-last-x0", action="store_true", default=None,
                    help="return the data-consistent last x0 instead of upstream's final x_t")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method option, e.g. DiffBIR: --opt tiled=true --opt guidance_scale=0.1 "
-                        "--opt cfg_scale=4 --opt pos_prompt='a photo'; DiffPIR: --opt guidance_scale=1 (repeatable)")
+                        "--opt cfg_scale=4 --opt pos_prompt='a photo'; DiffPIR: --opt guidance_scale=1 (repeatable). "
+                        "A KEY that is also a flag (eta, zeta, lambda, steps, ...) is the same as the flag; giving "
+                        "both with different values is an error. VALUE is read as the option's type")
+    p.add_argument("--max-megapixels", type=float, default=None,
+                   help="refuse images larger than this (default: DiffPIR 1.1 MP, whose UNet attends over the "
+                        "whole image; other methods unlimited)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="per-step progress bars inside each image")
     p.set_defaults(func=cmd_run)
 
 
@@ -184,7 +198,7 @@ def _progress(total_hint: str, disable: bool):
 
     def cb(i, n, t):
         if bar["b"] is None:
-            bar["b"] = tqdm(total=n, desc=total_hint, unit="step", disable=disable, file=sys.stderr)
+            bar["b"] = tqdm(total=n, desc=total_hint, unit="step", disable=disable, file=sys.stderr, leave=False)
         bar["b"].update(1)
         if i == n - 1:
             bar["b"].close()
@@ -192,15 +206,15 @@ def _progress(total_hint: str, disable: bool):
     return cb
 
 
-def _default_out(out: Path, inp: Path, method: str, task: str) -> Path:
-    if out.is_dir():
-        return out / f"{inp.stem}_{method}_{task}.png"
-    return out
-
-
 RUN_DEFAULTS = {"method": "diffpir", "scale": 4, "seed": 0, "kernel": "gaussian", "sr_mode": "bicubic", "mask": "random"}
 CONFIG_KEYS = {"method", "task", "scale", "steps", "lambda_", "zeta", "eta", "skip_type", "noise_level", "seed",
                "sr_mode", "kernel", "kernel_std", "mask"}
+#: --opt keys that are also named flags -> the flag's attribute (one rule: the same option, whichever way given)
+FLAG_OPTS = {"lambda": "lambda_", "lambda_": "lambda_", "lam": "lambda_", "zeta": "zeta", "eta": "eta",
+             "skip_type": "skip_type", "noise": "noise", "noise_level": "noise", "steps": "steps", "nfe": "steps",
+             "seed": "seed", "scale": "scale", "use_last_x0": "use_last_x0"}
+#: below these step counts a method's result is poor (DiffPIR at 1-3 NFE is worse than its input)
+USEFUL_MIN_STEPS = {"diffpir": 10, "diffbir": 5}
 
 
 def _apply_config(args) -> None:
@@ -225,61 +239,246 @@ def _apply_config(args) -> None:
             setattr(args, k, v)
     if args.task is None:
         raise RestoreKitError("--task is required (or a --config that sets task)")
-    if args.task not in TASK_CHOICES:
-        raise TaskError(f"unknown task {args.task!r}; tasks are {', '.join(TASK_CHOICES)}")
+
+
+def _merge_opts(args) -> dict:
+    """--opt KEY=VALUE: keys that are named flags set the flag (a different value for both is an error)."""
+    extra = _parse_opts(args.opt)
+    for k in list(extra):
+        dest = FLAG_OPTS.get(k)
+        if dest is None:
+            continue
+        v = extra.pop(k)
+        cur = getattr(args, dest, None)
+        if cur is not None and cur != v:
+            raise RestoreKitError(f"--opt {k}={v} contradicts --{dest.rstrip('_').replace('_', '-')} {cur}")
+        setattr(args, dest, v)
+    return extra
+
+
+def _number(args, name: str, flag: str, kind=float, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
+    v = getattr(args, name, None)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise RestoreKitError(f"{flag} expects a number, got {v!r}")
+    if not math.isfinite(v):
+        raise RestoreKitError(f"{flag} must be a finite number, got {v}")
+    if kind is int and float(v) != int(v):
+        raise RestoreKitError(f"{flag} expects a whole number, got {v}")
+    bad = (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and (v > hi or (hi_open and v == hi)))
+    if bad:
+        lo_s = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+        hi_s = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+        rng = f"in {lo_s}, {hi_s}" if lo is not None and hi is not None else (
+            f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else f"{'<' if hi_open else '<='} {hi:g}")
+        raise RestoreKitError(f"{flag} must be {rng}, got {v}")
+    setattr(args, name, kind(v))
+
+
+def _check_numbers(args) -> None:
+    """Every numeric option finite and in range, before any work."""
+    _number(args, "scale", "--scale", int, 1, 16)
+    _number(args, "steps", "--steps", int, 1, 1000)
+    _number(args, "seed", "--seed", int, 0, 2**63 - 1)
+    _number(args, "noise", "--noise", float, 0, 1)
+    _number(args, "lambda_", "--lambda", float, 0, None, lo_open=True)
+    _number(args, "zeta", "--zeta", float, 0, 1)
+    _number(args, "eta", "--eta", float, 0, None)
+    _number(args, "kernel_std", "--kernel-std", float, 0, 100, lo_open=True)
+    _number(args, "kernel_size", "--kernel-size", int, 1, 255)
+    _number(args, "motion_intensity", "--motion-intensity", float, 0, 1)
+    _number(args, "sr_kernel_std", "--sr-kernel-std", float, 0, 100, lo_open=True)
+    _number(args, "mask_prob", "--mask-prob", float, 0, 1, hi_open=True)
+    _number(args, "box_size", "--box-size", int, 1, None)
+    _number(args, "max_megapixels", "--max-megapixels", float, 0, None, lo_open=True)
+    if args.use_last_x0 is not None and not isinstance(args.use_last_x0, bool):
+        raise RestoreKitError(f"use_last_x0 expects true or false, got {args.use_last_x0!r}")
+
+
+def _coerce(key: str, value, default):
+    """An --opt value read as the type of the option's default."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        low = str(value).strip().lower()
+        if low in ("true", "yes", "on", "1"):
+            return True
+        if low in ("false", "no", "off", "0"):
+            return False
+        raise RestoreKitError(f"option {key} expects true or false, got {value!r}")
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = float(str(value))
+            except ValueError:
+                raise RestoreKitError(f"option {key} expects a number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise RestoreKitError(f"option {key} must be a finite number, got {value}")
+        if isinstance(default, int):
+            if float(value) != int(value):
+                raise RestoreKitError(f"option {key} expects a whole number, got {value}")
+            return int(value)
+        return float(value)
+    if isinstance(default, str):
+        if isinstance(value, (dict, list)):
+            raise RestoreKitError(f"option {key} expects text, got {value!r}")
+        return str(value)
+    return value
+
+
+def _coerce_extra(restorer, task: str, extra: dict) -> dict:
+    if not extra:
+        return extra
+    try:
+        defaults = restorer.make_config(task, None)
+    except RestoreKitError:
+        defaults = None
+    out = {}
+    for k, v in extra.items():
+        d = getattr(defaults, k, None) if defaults is not None else None
+        out[k] = _coerce(k, v, d) if d is not None else v
+    return out
+
+
+def _rank_world() -> tuple[int, int]:
+    import os
+
+    try:
+        return int(os.environ.get("RANK", 0)), max(1, int(os.environ.get("WORLD_SIZE", 1)))
+    except ValueError:
+        return 0, 1
 
 
 def cmd_run(args) -> int:
-    from .io import pad_to_multiple, read_image, save_image
-    from .metrics import compute_metrics
-    from .operators import make_operator, synthesize
+    from .api import check_image_size
+    from .files import check_not_inputs, check_writable, collect_inputs, plan_outputs
+    from .io import read_image
     from .registry import get_method
 
     _apply_config(args)
+    extra = _merge_opts(args)
+    _check_numbers(args)
     cls = get_method(args.method)
     if args.task not in cls.tasks:
         raise TaskError(f"method {args.method!r} does not do task {args.task!r}; it does: {', '.join(cls.tasks)}")
-    inp = Path(args.input)
-    out_path = _default_out(Path(args.output), inp, args.method, args.task)
-    arr, info = read_image(inp)  # fails early, before loading weights
-    x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+    if args.steps is not None and args.steps < USEFUL_MIN_STEPS.get(args.method, 0):
+        print(f"warning: --steps {args.steps} is far below {args.method}'s useful range (>= "
+              f"{USEFUL_MIN_STEPS[args.method]}); expect a result worse than the input", file=sys.stderr)
+
+    # --- everything that can be checked before loading a model ------------------------------------------
+    jobs, single = collect_inputs(args.input, args.recursive)
+    folder = plan_outputs(jobs, args.output, single, args.method, args.task)
+    if args.save_degraded and not single:
+        raise RestoreKitError("--save-degraded names one file: use it with a single --input")
+    degraded = {}
+    if args.degrade:
+        for j in jobs:
+            degraded[j.input] = (Path(args.save_degraded) if args.save_degraded
+                                 else j.output.with_name(j.output.stem + "_degraded.png"))
+    outputs = [j.output for j in jobs] + list(degraded.values())
+    check_not_inputs(outputs, [j.input for j in jobs], args.overwrite)
+    for o in outputs:
+        check_writable(o)
+    kernel_tensor = _read_kernel(args.kernel_file) if args.kernel_file else None
+    todo = jobs
+    if not single and not args.overwrite:
+        todo = [j for j in jobs if not j.output.exists()]
+        if len(todo) < len(jobs):
+            print(f"{len(jobs) - len(todo)} of {len(jobs)} images already restored in {args.output} "
+                  f"(skipped; --overwrite redoes them)", file=sys.stderr)
+    elif single and jobs[0].output.exists():
+        print(f"note: {jobs[0].output} exists and will be overwritten", file=sys.stderr)
+    rank, world = _rank_world()
+    todo = todo[rank::world]
+    first = None
+    if single:  # a single unreadable image fails before the weights are loaded
+        first = read_image(jobs[0].input)
+        h, w = first[0].shape[:2]
+        f = args.scale if (args.task == "sr" and not args.degrade) else 1
+        check_image_size(args.method, h * f, w * f, args.max_megapixels)
+    if not todo:
+        print("nothing to do", file=sys.stderr)
+        return 0
+
+    # --- model --------------------------------------------------------------------------------------------
     restorer = cls.from_pretrained(args.weights or cls.default_model_for(args.task), device=args.device)
     card = restorer.card
     if card is not None and card.demo:
         print(f"NOTE: using the bundled DEMO model '{card.name}' - demo quality only. For real results pass "
               f"--weights with an official model (see 'restorekit models').", file=sys.stderr)
-    extra = _parse_opts(args.opt)
+    extra = _coerce_extra(restorer, args.task, extra)
     cfg = restorer.make_config(args.task, args.steps, lambda_=args.lambda_, zeta=args.zeta, eta=args.eta,
                                skip_type=args.skip_type, noise_level=args.noise,
-                               use_last_x0=True if args.use_last_x0 else None, **extra)
+                               use_last_x0=args.use_last_x0, **extra)
+
+    from tqdm.auto import tqdm
+
+    summaries, failures = [], []
+    bar = tqdm(total=len(todo), desc=f"{args.method} {args.task}", unit="img", file=sys.stderr,
+               disable=args.no_progress or single)
+    for j in todo:
+        try:
+            summaries.append(_restore_one(args, restorer, cfg, extra, j, degraded.get(j.input), first,
+                                          inner_progress=(single and not args.no_progress) or args.verbose))
+        except RestoreKitError as e:
+            if single:
+                raise
+            failures.append(j.input)
+            tqdm.write(f"error: {j.input}: {str(e).splitlines()[0]}", file=sys.stderr)
+        bar.update(1)
+    bar.close()
+    if args.json:
+        print(json.dumps(summaries[0] if single else summaries, indent=2))
+    if failures:
+        print(f"error: {len(failures)} of {len(todo)} images failed (listed above); the others were written",
+              file=sys.stderr)
+        return 2
+    if not single:
+        print(f"{len(todo)} images restored into {args.output}", file=sys.stderr)
+    return 0
+
+
+def _restore_one(args, restorer, cfg, extra: dict, job, degraded_path, first=None, inner_progress=True) -> dict:
+    from .api import check_image_size, check_operator_fits
+    from .io import pad_to_multiple, read_image, save_image
+    from .metrics import compute_metrics
+    from .operators import make_operator, synthesize
+
+    arr, info = first if first is not None else read_image(job.input)
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+    seed = args.seed + job.index
+    method, task = args.method, args.task
+    blind = getattr(type(restorer), "blind", False)
     reference = None
     orig_hw = tuple(x.shape[-2:])
+    f = args.scale if (task == "sr" and not args.degrade) else 1
+    check_image_size(method, x.shape[-2] * f, x.shape[-1] * f, args.max_megapixels)
     if args.degrade:
         reference = x
-        if args.task == "sr":
+        if task == "sr":
             x, orig_hw = pad_to_multiple(x, args.scale)
         kernel_tensor = _read_kernel(args.kernel_file) if args.kernel_file else None
         mask_tensor = _read_mask(args.mask_file, *x.shape[-2:]) if args.mask_file else None
         noise = args.noise if args.noise is not None else getattr(cfg, "noise_level", 0.0)
-        y, op = synthesize(x, args.task, noise=noise, seed=args.seed, sr_mode=args.sr_mode, kernel=args.kernel,
+        y, op = synthesize(x, task, noise=noise, seed=seed, sr_mode=args.sr_mode, kernel=args.kernel,
                            kernel_size=args.kernel_size, kernel_std=args.kernel_std,
                            motion_intensity=args.motion_intensity, scale=args.scale,
                            sr_kernel_std=args.sr_kernel_std, mask=args.mask, mask_prob=args.mask_prob,
                            box_size=args.box_size, kernel_tensor=kernel_tensor, mask_tensor=mask_tensor)
-        deg_path = Path(args.save_degraded) if args.save_degraded else out_path.with_name(out_path.stem + "_degraded.png")
-        save_image(deg_path, y.clamp(0, 1), info if args.task != "inpaint" else None)
-        print(f"degraded input written to {deg_path}", file=sys.stderr)
+        save_image(degraded_path, y.clamp(0, 1), info if task != "inpaint" else None)
+        print(f"degraded input written to {degraded_path}", file=sys.stderr)
     else:
         y = x
         h, w = y.shape[-2:]
-        if args.task == "deblur" and getattr(cls, "blind", False) and not args.kernel_file:
-            op = None  # blind method: no kernel needed
-        elif args.task == "deblur":
+        if task not in ("deblur", "sr", "inpaint") or (blind and task != "inpaint" and not args.kernel_file):
+            op = None  # blind methods / tasks need no operator
+        elif task == "deblur":
             if not args.kernel_file:
-                raise TaskError("DiffPIR deblurring is non-blind: give the blur kernel with --kernel-file "
+                raise TaskError(f"{method} deblurring is non-blind: give the blur kernel with --kernel-file "
                                 "(or use --degrade to blur the input synthetically)")
             op = make_operator("deblur", (h, w), kernel_tensor=_read_kernel(args.kernel_file))
-        elif args.task == "inpaint":
+        elif task == "inpaint":
             if not args.mask_file:
                 raise TaskError("inpainting an already masked image needs --mask-file (white = known pixels), "
                                 "or use --degrade to mask the input synthetically")
@@ -288,36 +487,40 @@ def cmd_run(args) -> int:
             op = make_operator("sr", (h * args.scale, w * args.scale), scale=args.scale,
                                sr_mode="bicubic" if args.sr_mode == "realesrgan" else args.sr_mode,
                                sr_kernel_std=args.sr_kernel_std)
-    progress = _progress(f"{args.method} {args.task}", args.no_progress)
-    result = restorer.restore_tensor(y.to(restorer.device), task=args.task, operator=op, steps=args.steps,
-                                     seed=args.seed, progress=progress, scale=args.scale, lambda_=args.lambda_,
+    if task == "inpaint":
+        check_operator_fits(op, y.shape[-2:])
+    progress = _progress(f"{method} {task}", not inner_progress)
+    result = restorer.restore_tensor(y.to(restorer.device), task=task, operator=op, steps=args.steps,
+                                     seed=seed, progress=progress, scale=args.scale, lambda_=args.lambda_,
                                      zeta=args.zeta, eta=args.eta, skip_type=args.skip_type,
-                                     noise_level=args.noise, use_last_x0=True if args.use_last_x0 else None,
-                                     **extra)
-    if args.degrade and args.task == "sr":
+                                     noise_level=args.noise, use_last_x0=args.use_last_x0, **extra)
+    if args.degrade and task == "sr":
         result = result[..., : orig_hw[0], : orig_hw[1]]
-    save_image(out_path, result, info)
-    summary = {"output": str(out_path), "method": args.method, "task": args.task,
+    if not bool(torch.isfinite(result).all()):
+        raise RestoreKitError(f"{method} produced non-finite values for {job.input} (nothing written); "
+                              f"check the options")
+    save_image(job.output, result, info)
+    card = restorer.card
+    summary = {"input": str(job.input), "output": str(job.output), "method": method, "task": task, "seed": seed,
                "model": card.name if card else str(restorer.weights_path), "demo_model": bool(card and card.demo),
                "config": cfg.to_dict(), "size": list(result.shape[-2:])}
     if reference is not None:
         base = y.clamp(0, 1)
-        if args.task == "sr":
+        if task == "sr":
             base = F.interpolate(base, size=tuple(x.shape[-2:]), mode="bicubic", align_corners=False)
             base = base[..., : orig_hw[0], : orig_hw[1]].clamp(0, 1)
         s_in, notes = compute_metrics(base.cpu(), reference, ("psnr", "ssim", "lpips"))
         s_out, _ = compute_metrics(result.cpu(), reference, ("psnr", "ssim", "lpips"))
         summary["metrics_degraded"], summary["metrics_restored"] = s_in, s_out
-        label = "bicubic" if args.task == "sr" else "degraded"
+        label = "bicubic" if task == "sr" else "degraded"
         fmt = lambda s: "  ".join(f"{k.upper()} {v:.4f}" for k, v in s.items() if v is not None)  # noqa: E731
-        print(f"{label:>9}: {fmt(s_in)}", file=sys.stderr)
-        print(f" restored: {fmt(s_out)}", file=sys.stderr)
+        pre = f"{job.input.name}: " if not args.no_progress and args.input != str(job.input) else ""
+        print(f"{pre}{label:>9}: {fmt(s_in)}", file=sys.stderr)
+        print(f"{pre} restored: {fmt(s_out)}", file=sys.stderr)
         for n in notes:
             print(n, file=sys.stderr)
-    print(f"restored image written to {out_path}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    return 0
+    print(f"restored image written to {job.output}", file=sys.stderr)
+    return summary
 
 
 def cmd_train(args) -> int:

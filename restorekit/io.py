@@ -41,7 +41,25 @@ class ImageInfo:
     pil_mode: str | None = None
 
 
+#: Float images are [0, 1] data. They are used as given, not clamped: a noisy observation (y = Ax + n) strays
+#: outside [0, 1] and the methods' data terms expect it unclipped, as in the official scripts. Values outside
+#: this wider range are refused as not being [0, 1] data (0..255 floats, say).
+FLOAT_RANGE = (-1.0, 2.0)
+
+
+def check_float_range(lo: float, hi: float, what: str = "image") -> None:
+    """The rule for float input: finite, and within :data:`FLOAT_RANGE` (it is then used unclamped)."""
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ImageReadError(f"{what} contains NaN or infinite values")
+    if lo < FLOAT_RANGE[0] or hi > FLOAT_RANGE[1]:
+        hint = " (it looks like 0..255 data: divide by 255)" if 2 < hi <= 255.5 else ""
+        raise ImageReadError(f"float {what} values must be [0, 1] data (noise may stray to "
+                             f"{FLOAT_RANGE[0]:g}..{FLOAT_RANGE[1]:g}), got {lo:.4g}..{hi:.4g}{hint}")
+
+
 def _to_float(arr: np.ndarray) -> tuple[np.ndarray, int]:
+    if arr.size == 0:
+        raise ImageReadError(f"image is empty (shape {arr.shape})")
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0, 8
     if arr.dtype == np.uint16:
@@ -51,7 +69,9 @@ def _to_float(arr: np.ndarray) -> tuple[np.ndarray, int]:
     if np.issubdtype(arr.dtype, np.integer):
         return arr.astype(np.float32) / 255.0, 8
     if np.issubdtype(arr.dtype, np.floating):
-        return arr.astype(np.float32), 8
+        f = arr.astype(np.float32)
+        check_float_range(float(np.min(f)) if np.isfinite(f).all() else float("nan"), float(np.max(f)))
+        return f, 8
     if arr.dtype == bool:
         return arr.astype(np.float32), 8
     raise ImageReadError(f"unsupported pixel type {arr.dtype}")
@@ -142,7 +162,7 @@ def to_tensor(image) -> tuple[torch.Tensor, ImageInfo]:
         rgb, channels, alpha = _split_channels(arr)
         info = ImageInfo(kind="numpy", channels=channels, bit_depth=depth, dtype=image.dtype, alpha=alpha,
                          layout="HW" if image.ndim == 2 else "HWC")
-        return torch.from_numpy(np.ascontiguousarray(np.clip(rgb, 0, 1))).permute(2, 0, 1)[None].contiguous(), info
+        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].contiguous(), info
     if isinstance(image, torch.Tensor):
         t = image.detach()
         layout = "NCHW" if t.ndim == 4 else "CHW"
@@ -152,10 +172,15 @@ def to_tensor(image) -> tuple[torch.Tensor, ImageInfo]:
             t = t[None]
         if t.ndim != 4 or t.shape[0] != 1:
             raise ImageReadError(f"expected a tensor shaped (C,H,W) or (1,C,H,W), got {tuple(image.shape)}")
+        if t.numel() == 0:
+            raise ImageReadError(f"image tensor is empty (shape {tuple(image.shape)})")
         c = t.shape[1]
         if c not in (1, 3, 4):
             raise ImageReadError(f"unsupported number of channels: {c}")
         t = t.float()
+        if not bool(torch.isfinite(t).all()):
+            raise ImageReadError("image tensor contains NaN or infinite values")
+        check_float_range(float(t.min()), float(t.max()), "tensor image")
         alpha = None
         if c == 4:
             alpha = t[0, 3].cpu().numpy()
@@ -163,7 +188,7 @@ def to_tensor(image) -> tuple[torch.Tensor, ImageInfo]:
         elif c == 1:
             t = t.repeat(1, 3, 1, 1)
         info = ImageInfo(kind="tensor", channels=c, dtype=image.dtype, alpha=alpha, layout=layout)
-        return t.clamp(0, 1).contiguous(), info
+        return t.contiguous(), info
     raise RestoreKitError(f"unsupported image type {type(image).__name__}; pass a PIL image, numpy array, tensor or path")
 
 

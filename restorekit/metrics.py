@@ -31,6 +31,10 @@ _PYIQA = {
     "fid": ("fid", {}),
 }
 
+#: smallest image side each metric can score (SSIM's Gaussian window is 11x11; LPIPS' AlexNet needs 32 px,
+#: NIQE 96 px patches, MUSIQ 32)
+MIN_SIZE = {"ssim": 11, "lpips": 32, "niqe": 96, "musiq": 32}
+
 _cache: dict = {}
 _failed: dict = {}
 
@@ -85,14 +89,27 @@ def compute_metrics(pred: torch.Tensor, ref: torch.Tensor | None = None, names=(
             raise ValueError(f"unknown per-image metric {name!r}")
         if name in FULL_REFERENCE and ref is None:
             continue
+        h, w = pred.shape[-2:]
+        need = MIN_SIZE.get(name, 1)
+        if min(h, w) < need:
+            scores[name] = None
+            notes.append(f"{name.upper()} skipped: the image is {w}x{h}, smaller than the {need}x{need} "
+                         f"that {name.upper()} needs")
+            continue
         try:
             m = _metric(name, device)
         except MetricUnavailable as e:
             scores[name] = None
             notes.append(str(e))
             continue
-        with torch.no_grad():
-            v = m(pred, ref) if name in FULL_REFERENCE else m(pred)
+        try:
+            with torch.no_grad():
+                v = m(pred, ref) if name in FULL_REFERENCE else m(pred)
+        except Exception as e:  # a metric's own limits (sizes, ...): report, do not lose the run
+            scores[name] = None
+            notes.append(f"{name.upper()} skipped: pyiqa failed on this image ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'})")
+            continue
         scores[name] = float(torch.as_tensor(v).reshape(-1)[0])
     return scores, notes
 

@@ -153,8 +153,8 @@ def test_cli_bad_inputs_give_clear_errors(tmp_path, tiny_weights, capsys):
                "--weights", "diffpir-imagenet"])
     err = capsys.readouterr().err
     assert rc == 2 and "256x256_diffusion_uncond.pt" in err and "openaipublic" in err
-    with pytest.raises(SystemExit):
-        main(["run", "--task", "colorize", "--input", str(good), "--output", "o.png"])
+    rc = main(["run", "--task", "colorize", "--input", str(good), "--output", str(tmp_path / "o.png")])
+    assert rc == 2 and "does not do task 'colorize'" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
 
 

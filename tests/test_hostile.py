@@ -1,0 +1,205 @@
+"""Hostile input through the CLI entry point and the Python API: a one-line error (exit 2) with nothing written and
+the inputs untouched, or - for odd but valid input - a sane result (exit 0)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from restorekit import Restorer
+from restorekit.cli import main
+from restorekit.errors import RestoreKitError
+from restorekit.operators import Blur, Inpainting, gaussian_kernel
+
+
+def _png(path, hw=(24, 24), seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _digest(folder):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def scene(tmp_path, tiny_weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    img = _png(src / "x.png")
+    return tmp_path, img, ["--weights", str(tiny_weights), "--no-progress"]
+
+
+def _run_error(capsys, argv, scene_dir, must_not_exist=()):
+    before = _digest(scene_dir / "in")
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and len(lines) <= 3, err
+    assert _digest(scene_dir / "in") == before  # inputs byte-identical
+    for p in must_not_exist:
+        assert not p.exists(), p
+    return errors[0]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--task", "sr", "--scale", "0", "--degrade"], "--scale must be in [1, 16]"),
+    (["--task", "deblur", "--degrade", "--skip-type", "uniform", "--steps", "2000"], "--steps must be in [1, 1000]"),
+    (["--task", "deblur", "--degrade", "--noise", "nan"], "--noise must be a finite number"),
+    (["--task", "deblur", "--degrade", "--noise", "inf"], "--noise must be a finite number"),
+    (["--task", "deblur", "--degrade", "--lambda", "nan"], "--lambda must be a finite number"),
+    (["--task", "deblur", "--degrade", "--zeta", "3"], "--zeta must be in [0, 1]"),
+    (["--task", "deblur", "--degrade", "--opt", "guidance_scale=abc"], "guidance_scale expects a number"),
+    (["--task", "deblur", "--degrade", "--opt", "eta=abc"], "--eta expects a number"),
+    (["--task", "deblur", "--degrade", "--eta", "0.2", "--opt", "eta=0.5"], "contradicts"),
+    (["--task", "deblur", "--degrade", "--opt", "no_such_option=1"], "no_such_option"),
+    (["--task", "colorize"], "does not do task"),
+    (["--task", "deblur", "--degrade", "--device", "gpu"], "unknown device"),
+    (["--task", "deblur", "--degrade", "--device", "cuda:7"], "cuda:7"),
+])
+def test_bad_options_exit_2_before_any_work(capsys, scene, extra, needle):
+    tmp, img, common = scene
+    out = tmp / "out" / "r.png"
+    msg = _run_error(capsys, ["run", "--input", str(img), "--output", str(out)] + common + extra, tmp,
+                     must_not_exist=[out, out.parent, out.with_name("r_degraded.png")])
+    assert needle in msg
+
+
+def test_output_under_a_file(capsys, scene):
+    tmp, img, common = scene
+    (tmp / "afile").write_text("x")
+    _run_error(capsys, ["run", "--task", "deblur", "--degrade", "--steps", "2", "--input", str(img), "--output",
+                        str(tmp / "afile" / "r.png")] + common, tmp)
+    assert (tmp / "afile").read_text() == "x"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write into read-only folders")
+def test_output_in_read_only_folder(capsys, scene):
+    tmp, img, common = scene
+    ro = tmp / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        msg = _run_error(capsys, ["run", "--task", "deblur", "--degrade", "--steps", "2", "--input", str(img),
+                                  "--output", str(ro / "r.png")] + common, tmp)
+        assert "not writable" in msg
+    finally:
+        ro.chmod(0o755)
+
+
+def test_output_equal_to_input_is_refused(capsys, scene):
+    tmp, img, common = scene
+    msg = _run_error(capsys, ["run", "--task", "deblur", "--degrade", "--steps", "2", "--input", str(img),
+                              "--output", str(img)] + common, tmp)
+    assert "refusing to overwrite" in msg
+    # with --overwrite it is the user's explicit choice
+    assert main(["run", "--task", "deblur", "--degrade", "--steps", "2", "--input", str(img), "--output", str(img),
+                 "--save-degraded", str(tmp / "deg.png"), "--overwrite"] + common) == 0
+
+
+def test_huge_diffpir_image_refused_up_front(capsys, scene):
+    tmp, _, common = scene
+    big = tmp / "in" / "big.png"
+    Image.fromarray(np.zeros((3000, 4000, 3), np.uint8)).save(big)
+    msg = _run_error(capsys, ["run", "--task", "deblur", "--degrade", "--input", str(big), "--output",
+                              str(tmp / "o.png")] + common, tmp, must_not_exist=[tmp / "o.png"])
+    assert "4000x3000" in msg and "--max-megapixels" in msg
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (3, 3), (5, 7)])
+def test_tiny_images_restore_and_skip_ssim(capsys, scene, hw):
+    tmp, _, common = scene
+    img = _png(tmp / "in" / "tiny.png", hw)
+    out = tmp / "o.png"
+    rc = main(["run", "--task", "deblur", "--degrade", "--kernel-size", "3", "--steps", "3", "--input", str(img),
+               "--output", str(out)] + common)
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "SSIM skipped" in err and "Traceback" not in err
+    assert Image.open(out).size == (hw[1], hw[0])
+
+
+def test_valid_opt_that_is_also_a_flag(capsys, scene):
+    tmp, img, common = scene
+    out = tmp / "o.png"
+    assert main(["run", "--task", "deblur", "--degrade", "--steps", "2", "--opt", "eta=0.5", "--opt", "zeta=0.3",
+                 "--input", str(img), "--output", str(out), "--json"] + common) == 0
+    import json
+
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["config"]["eta"] == 0.5 and summary["config"]["zeta"] == 0.3
+
+
+def test_new_folder_and_suffixless_output(capsys, scene):
+    tmp, img, common = scene
+    for name in ("newdir/", "plainname"):
+        arg = str(tmp / name) if not name.endswith("/") else str(tmp / name.rstrip("/")) + "/"
+        assert main(["run", "--task", "deblur", "--degrade", "--steps", "2", "--input", str(img),
+                     "--output", arg] + common) == 0
+        folder = tmp / name.rstrip("/")
+        assert (folder / "x_diffpir_deblur.png").is_file() and (folder / "x_diffpir_deblur_degraded.png").is_file()
+
+
+def test_existing_single_output_is_overwritten_with_a_note(capsys, scene):
+    tmp, img, common = scene
+    out = tmp / "o.png"
+    out.write_bytes(b"old")
+    assert main(["run", "--task", "deblur", "--degrade", "--steps", "2", "--input", str(img),
+                 "--output", str(out)] + common) == 0
+    assert "will be overwritten" in capsys.readouterr().err
+    assert Image.open(out).size == (24, 24)
+
+
+def test_few_steps_warn(capsys, scene):
+    tmp, img, common = scene
+    assert main(["run", "--task", "deblur", "--degrade", "--steps", "2", "--input", str(img),
+                 "--output", str(tmp / "o.png")] + common) == 0
+    assert "far below" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- Python API
+@pytest.fixture
+def restorer(tiny_weights):
+    return Restorer.from_pretrained(tiny_weights, method="diffpir", device="cpu")
+
+
+def test_api_bad_inputs(restorer):
+    y = torch.rand(1, 3, 16, 16)
+    with pytest.raises(RestoreKitError, match="mask is 8x8 but the image is 16x16"):
+        restorer.restore(y, task="inpaint", operator=Inpainting(torch.ones(8, 8)), steps=2)
+    with pytest.raises(RestoreKitError, match="empty"):
+        restorer.restore(torch.zeros(3, 0, 16), task="deblur", operator=Blur(gaussian_kernel(5, 1.0)), steps=2)
+    y_nan = y.clone()
+    y_nan[0, 0, 3, 3] = float("nan")
+    with pytest.raises(RestoreKitError, match="NaN"):
+        restorer.restore(y_nan, task="deblur", operator=Blur(gaussian_kernel(5, 1.0)), steps=2)
+    with pytest.raises(RestoreKitError, match="divide by 255"):
+        restorer.restore(np.full((16, 16, 3), 200.0, np.float32), task="deblur",
+                         operator=Blur(gaussian_kernel(5, 1.0)), steps=2)
+    for dev in ("gpu", "cuda:7"):
+        with pytest.raises(RestoreKitError, match="device"):
+            Restorer.from_pretrained(device=dev)
+
+
+def test_api_noisy_float_input_is_not_clamped(restorer):
+    """A noisy observation strays outside [0, 1]; it is used as given (the official scripts do not clip y)."""
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(1, 3, 16, 16, generator=g) + 0.3 * torch.randn(1, 3, 16, 16, generator=g))
+    assert y.min() < 0 and y.max() > 1
+    op = Blur(gaussian_kernel(5, 1.0))
+    a = restorer.restore(y, task="deblur", operator=op, steps=2, seed=0)
+    b = restorer.restore(y.clamp(0, 1), task="deblur", operator=op, steps=2, seed=0)
+    assert not torch.allclose(a, b)
+
+
+def test_from_pretrained_without_arguments_loads_the_default():
+    r = Restorer.from_pretrained(device="cpu")
+    assert r.name == "diffpir" and r.card.name == "diffpir-demo"
