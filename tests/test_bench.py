@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 import json
 
 import numpy as np
@@ -104,3 +105,60 @@ def test_two_processes_share_the_sweep(sweep):
     assert n0 == n1 == 8  # 16 items dealt round-robin
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 16 and len({r["key"] for r in rows}) == 16
+
+
+def test_changed_config_or_weights_reruns_and_same_stem_differs(sweep, tmp_path):
+    cfg_path, out = sweep
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["methods"][0]["steps"] = [2]
+    cfg["seeds"] = [0]
+    cfg["tasks"] = {"deblur": cfg["tasks"]["deblur"]}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    logs = []
+    bench.run_bench(cfg_path, device="cpu", log=logs.append)
+    assert "0 already done" in logs[0]
+    keys1 = {r["key"] for r in csv.DictReader(open(out / "results.csv"))}
+    # a changed degradation gives new keys: nothing is silently reused, and old records are not reported
+    cfg["tasks"]["deblur"]["noise"] = 0.03
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    logs = []
+    bench.run_bench(cfg_path, device="cpu", log=logs.append)
+    assert "0 already done" in logs[0]
+    keys2 = {r["key"] for r in csv.DictReader(open(out / "results.csv"))}
+    assert len(keys2) == 2 and not keys1 & keys2
+    # a.png and a.jpg are different items
+    data = Path(cfg["datasets"]["toy"]["path"])
+    Image.open(data / "im0.png").save(data / "im0.jpg")
+    items = bench.expand_items(cfg, cfg_path.parent)
+    assert len({it.key for it in items}) == len(items) == 3
+
+
+def test_two_sweeps_on_one_folder_do_not_duplicate(sweep):
+    """Two independent 'restorekit bench' processes on one results folder: one runs, the other is refused with
+    a clear message while the first holds the lock; every item is computed once and recorded once."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    cfg_path, out = sweep
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "restorekit.cli", "bench", str(cfg_path), "--device", "cpu"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lock = out / ".bench.lock"
+    deadline = time.time() + 120
+    while not lock.exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    _, err1 = first.communicate(timeout=300)
+    assert first.returncode == 0, err1[-2000:]
+    assert second.returncode == 2 and "another 'restorekit bench'" in second.stderr
+    assert "Traceback" not in second.stderr
+    keys = [json.loads(line)["key"] for line in (out / "records-0.jsonl").read_text().splitlines()]
+    assert len(keys) == 16 and len(set(keys)) == 16
+    assert not lock.exists()
+    # a lock left by a killed process is taken over
+    lock.write_text(f"{__import__('socket').gethostname()} 999999\n")
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "16 already done" in again.stderr

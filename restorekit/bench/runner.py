@@ -1,0 +1,165 @@
+"""Running a sweep: degrade each clean image, restore it with each method, record metrics, time and memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import RestoreKitError
+from ..io import read_image, save_image
+from .config import dataset_images, expand_items, load_bench_config
+from .memory import PeakMemory
+from .records import BenchLock, read_records, repair_records
+from .reports import write_reports
+
+
+def _crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    if not size:
+        return x
+    h, w = x.shape[-2:]
+    s = min(size, h, w)
+    t, l = (h - s) // 2, (w - s) // 2
+    return x[..., t:t + s, l:l + s]
+
+
+def degrade(x: torch.Tensor, task: str, spec: dict, seed: int):
+    """(clean image cropped to the operator's grid, observation, operator), deterministic in ``seed``."""
+    from ..operators import synthesize
+
+    spec = dict(spec)
+    noise = float(spec.pop("noise", 0.0))
+    if task == "sr":
+        scale = int(spec.get("scale", 4))
+        h, w = x.shape[-2:]
+        x = x[..., : h - h % scale, : w - w % scale]
+    y, op = synthesize(x, task, noise=noise, seed=seed, **spec)
+    return x, y, op
+
+
+def run_bench(config_path, output: str | None = None, device: str | None = None, limit: int | None = None,
+              log=print) -> dict:
+    from accelerate import PartialState
+
+    cfg = load_bench_config(config_path)
+    base = Path(config_path).resolve().parent
+    out = Path(output or cfg.get("output") or f"results/{cfg.get('name', 'bench')}")
+    dev = torch.device(device or cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # several processes (accelerate launch / torchrun): GPUs get one device each; CPUs join a gloo group
+    state = PartialState(cpu=dev.type == "cpu")
+    if dev.type == "cuda" and state.num_processes > 1:
+        dev = state.device
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(exist_ok=True)
+    items = expand_items(cfg, base)
+    if limit is not None:
+        items = items[:limit]
+    # one sweep at a time per folder: rank 0 takes the lock and tells the other ranks whether it got it
+    lock = BenchLock(out)
+    problem = None
+    if state.is_main_process:
+        try:
+            lock.acquire()
+        except RestoreKitError as e:
+            problem = str(e)
+    if state.num_processes > 1:
+        import torch.distributed as dist
+
+        box = [problem]
+        dist.broadcast_object_list(box, src=0)
+        problem = box[0]
+    if problem:
+        raise RestoreKitError(problem)
+    try:
+        return _run_locked(cfg, base, out, dev, state, items, log)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
+    from ..metrics import compute_metrics
+    from ..registry import get_method
+
+    repair_records(out / f"records-{state.process_index}.jsonl")
+    state.wait_for_everyone()
+    done = read_records(out)
+    mine = [it for i, it in enumerate(items) if i % state.num_processes == state.process_index]
+    todo = [it for it in mine if it.key not in done]
+    log(f"bench: {len(items)} items, {len(items) - len([i for i in items if i.key not in done])} already done, "
+        f"{len(todo)} to run on rank {state.process_index}")
+    metrics = tuple(cfg.get("metrics", ["psnr", "ssim", "lpips"]))
+    nr_metrics = tuple(m for m in metrics if m in ("niqe", "musiq"))
+    fr_metrics = tuple(m for m in metrics if m in ("psnr", "ssim", "lpips"))
+    restorers: dict = {}
+    notes: set = set()
+    rec_path = out / f"records-{state.process_index}.jsonl"
+    ds_specs = cfg["datasets"]
+    files = {(ds, p.name): p for ds in {it.dataset for it in todo} for p in dataset_images(ds_specs[ds], base)}
+    written: set = set()
+    for n, it in enumerate(todo, 1):
+        arr, _ = read_image(files[(it.dataset, it.image)])
+        clean = _crop(torch.from_numpy(arr).permute(2, 0, 1)[None], ds_specs[it.dataset].get("crop"))
+        clean, y, op = degrade(clean, it.task, cfg["tasks"][it.task], it.seed)
+        deg_file = out / "images" / f"{it.dataset}__{it.image}__{it.task}__seed{it.seed}__degraded.png"
+        clean_file = out / "images" / f"{it.dataset}__{it.image}__{it.task}__seed{it.seed}__clean.png"
+        if deg_file.name not in written:  # written once per run: the degradation settings may have changed
+            save_image(deg_file, y.clamp(0, 1))
+            save_image(clean_file, clean)
+            written.add(deg_file.name)
+        rkey = (it.method_name, it.weights)
+        if rkey not in restorers:
+            restorers[rkey] = get_method(it.method_name).from_pretrained(it.weights, device=dev)
+        r = restorers[rkey]
+        opts = dict(it.options)
+        if it.task == "sr":
+            opts.setdefault("scale", int(cfg["tasks"]["sr"].get("scale", 4)))
+        if "noise" in cfg["tasks"][it.task] and it.method_name == "diffpir":
+            opts.setdefault("noise_level", float(cfg["tasks"][it.task]["noise"]))
+        nfe = {"n": 0}
+
+        def count(i, total, t):
+            nfe["n"] = total
+
+        try:
+            with PeakMemory(dev) as mem:
+                t0 = time.perf_counter()
+                result = r.restore_tensor(y.to(dev), task=it.task, operator=op, steps=it.steps, seed=it.seed,
+                                          progress=count, **opts)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                seconds = time.perf_counter() - t0
+        except RestoreKitError as e:
+            log(f"  {it.key}: skipped ({e})")
+            continue
+        result = result.cpu()[..., : clean.shape[-2], : clean.shape[-1]]
+        scores, mnotes = compute_metrics(result, clean, fr_metrics)
+        if nr_metrics:
+            s2, n2 = compute_metrics(result, None, nr_metrics)
+            scores.update(s2)
+            mnotes += n2
+        notes.update(mnotes)
+        img_file = out / "images" / f"{it.file_stem}.png"
+        save_image(img_file, result)
+        rec = {"key": it.key, "dataset": it.dataset, "image": it.image, "task": it.task, "method": it.method,
+               "weights": it.weights, "nfe": nfe["n"] if it.method_name == "diffpir" else None,
+               "steps": it.steps, "seed": it.seed, "seconds": seconds, "peak_mem_mib": mem.peak_mib,
+               "memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "rss_increase",
+               "device": str(dev), "image_file": str(img_file.relative_to(out)), **scores}
+        with open(rec_path, "a") as f:  # one whole line per finished item
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        log(f"  [{n}/{len(todo)}] {it.key}: " + " ".join(f"{k} {v:.3f}" for k, v in scores.items() if v is not None)
+            + f" ({seconds:.1f}s)")
+    state.wait_for_everyone()
+    summary = {}
+    if state.is_main_process:
+        current = {it.key for it in items}  # records of an earlier, different config are not reported
+        records = [r for k, r in read_records(out).items() if k in current]
+        summary = write_reports(out, records, sorted(notes), cfg)
+    return summary
+
+
