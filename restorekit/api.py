@@ -102,6 +102,8 @@ class Restorer:
         """
         card = None
         path = None
+        if name_or_path is not None and str(name_or_path) == "":
+            name_or_path = None
         resolve_device(device)  # an impossible device fails before any weights are read
         if name_or_path is None and cls is Restorer and method is None:
             method = "diffpir"  # the default method and its bundled default model
@@ -122,6 +124,12 @@ class Restorer:
             target = get_method(m)
         elif card is not None and card.method != cls.name:
             raise RestoreKitError(f"model {card.name!r} belongs to method {card.method!r}, not {cls.name!r}")
+        if not getattr(target, "needs_weights", True):
+            if name_or_path is not None:
+                raise RestoreKitError(f"method {target.name!r} takes no weights (got {name_or_path!r})")
+            obj = target._from_weights(None, card=None, device=device, **kwargs)
+            obj.card, obj.weights_path = None, None
+            return obj
         if card is None and path is None:
             card = get_card(target.default_model)
         if card is not None and path is None:

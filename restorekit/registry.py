@@ -17,6 +17,7 @@ METHOD_MODULES = {
     "diffpir": "restorekit.methods.diffpir",
     "diffir": "restorekit.methods.diffir",
     "diffbir": "restorekit.methods.diffbir",
+    "classical": "restorekit.methods.classical",
 }
 
 _METHODS: dict[str, type] = {}

@@ -84,3 +84,19 @@ def add_gaussian_noise(y: torch.Tensor, sigma: float, generator: torch.Generator
         return y.clone()
     noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device="cpu").to(y.device)
     return y + sigma * noise
+
+
+class Identity(LinearOperator):
+    """``y = x`` (denoising): the data solution is ``(y + rho z) / (1 + rho)``."""
+
+    name = "denoise"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def data_solution(self, z: torch.Tensor, y: torch.Tensor, rho) -> torch.Tensor:
+        rho = as_rho(rho, z)
+        return (y + rho * z) / (1 + rho)

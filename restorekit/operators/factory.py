@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from ..errors import TaskError
-from .base import LinearOperator
+from .base import Identity, LinearOperator
 from .blur import BicubicDownsample, Blur, BlurDownsample, diffpir_gaussian_std, gaussian_kernel, motion_kernel
 from .inpaint import Inpainting, make_mask
 
-TASKS = ("deblur", "sr", "inpaint")
+TASKS = ("deblur", "sr", "inpaint", "denoise")
 
 
 def make_operator(task: str, hr_size: tuple[int, int], *, kernel: str = "gaussian", kernel_size: int = 61,
@@ -27,7 +27,7 @@ def make_operator(task: str, hr_size: tuple[int, int], *, kernel: str = "gaussia
       an explicit ``kernel_tensor``.
     * ``sr``: ``sr_mode`` = ``bicubic`` (DiffPIR default) or ``blur``
       (Gaussian blur with ``sr_kernel_std`` + upper-left decimation), factor ``scale``.
-    * ``inpaint``: ``mask`` = ``random`` / ``box`` / ``half`` or ``mask_tensor``.
+    * ``inpaint``: ``mask`` = ``random`` / ``box`` / ``half`` / ``extreme`` / ``both`` or ``mask_tensor``.
 
     ``seed`` makes the random kernel/mask reproducible.
     """
@@ -59,7 +59,15 @@ def make_operator(task: str, hr_size: tuple[int, int], *, kernel: str = "gaussia
             if m.shape[-2:] != (h, w):
                 raise TaskError(f"mask size {tuple(m.shape[-2:])} does not match image size {(h, w)}")
             return Inpainting(m)
+        if mask in ("extreme", "both"):
+            from .dps_masks import both_mask, extreme_mask
+
+            if mask == "extreme":
+                return Inpainting(extreme_mask(h, w, box_size, rng=rng))
+            return Inpainting(both_mask(h, w, box_size, mask_prob, rng=rng))
         return Inpainting(make_mask(mask, h, w, rng=rng, prob=mask_prob, box_size=box_size))
+    if task == "denoise":
+        return Identity()
     raise TaskError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
 
 

@@ -1,0 +1,232 @@
+"""Classical restoration baselines (no learned weights)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...api import Restorer
+from ...errors import TaskError
+from ...operators import BicubicDownsample, BlurDownsample, Inpainting, psf2otf
+from ...registry import register_method
+
+#: task -> algorithms (the first is the default)
+ALGORITHMS = {
+    "sr": ("bicubic", "lanczos"),
+    "deblur": ("wiener", "tv"),
+    "inpaint": ("biharmonic", "diffusion"),
+    "denoise": ("bm3d",),
+}
+#: noise std assumed when none is given (DiffPIR's deblur/SR setting, 12.75/255)
+DEFAULT_NOISE = 0.05
+
+
+@dataclass
+class ClassicalConfig:
+    algorithm: str = ""
+    noise_level: float = DEFAULT_NOISE
+    tv_weight: float = 0.0  # 0: chosen from noise_level
+    iterations: int = 200  # TV-ADMM iterations
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@register_method
+class Classical(Restorer):
+    """Bicubic / Lanczos, Wiener / TV deconvolution, biharmonic / harmonic fill, BM3D."""
+
+    name = "classical"
+    tasks = ("sr", "deblur", "inpaint", "denoise")
+    default_model = ""
+    needs_weights = False
+
+    @classmethod
+    def _from_weights(cls, path: Path | None, card=None, device=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected options for Classical.from_pretrained: {sorted(kwargs)}")
+        return cls(device=device)
+
+    def make_config(self, task: str, steps: int | None = None, **options) -> ClassicalConfig:
+        self.check_task(task)
+        cfg = ClassicalConfig(algorithm=ALGORITHMS[task][0])
+        names = {f.name for f in fields(ClassicalConfig)}
+        ignored = {"lambda_", "zeta", "eta", "skip_type", "use_last_x0", "scale", "noise"}
+        for k, v in options.items():
+            if v is None or k in ignored:
+                continue
+            if k not in names:
+                raise TaskError(f"option {k!r} does not apply to the classical baselines; options are "
+                                f"{', '.join(sorted(names))}")
+            setattr(cfg, k, v)
+        if cfg.algorithm not in ALGORITHMS[task]:
+            raise TaskError(f"classical {task}: algorithm {cfg.algorithm!r}; choose {', '.join(ALGORITHMS[task])}")
+        if not (math.isfinite(cfg.noise_level) and cfg.noise_level >= 0):
+            raise TaskError("noise_level must be a finite number >= 0")
+        if cfg.iterations < 1:
+            raise TaskError("iterations must be >= 1")
+        return cfg
+
+    @torch.no_grad()
+    def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
+                       seed: int | None = None, progress=None, scale: int = 4, **options) -> torch.Tensor:
+        cfg = self.make_config(task, steps, **options)
+        y = y.detach().to("cpu", torch.float64)
+        if task == "sr":
+            if operator is not None and not isinstance(operator, BlurDownsample):
+                raise TaskError("classical SR needs no operator, or an SR operator for its factor")
+            sf = operator.sf if operator is not None else int(scale)
+            out = upscale(y, sf, cfg.algorithm)
+        elif task == "deblur":
+            if not isinstance(operator, BlurDownsample) or isinstance(operator, BicubicDownsample) or operator.sf != 1:
+                raise TaskError("classical deblurring is non-blind: pass operator=Blur(kernel) (CLI: --kernel-file)")
+            k = operator.kernel.to(torch.float64)
+            if cfg.algorithm == "wiener":
+                out = wiener_deconvolve(y, k, cfg.noise_level)
+            else:
+                out = tv_deconvolve(y, k, cfg.noise_level, cfg.tv_weight or None, cfg.iterations)
+        elif task == "inpaint":
+            if not isinstance(operator, Inpainting):
+                raise TaskError("classical inpainting needs operator=Inpainting(mask) (CLI: --mask-file)")
+            mask = (operator.mask[0, 0] > 0.5).numpy() if operator.mask.shape[1] == 1 else (
+                operator.mask[0].min(0).values > 0.5).numpy()
+            out = inpaint(y, mask, cfg.algorithm)
+        else:
+            out = bm3d_denoise(y, cfg.noise_level)
+        if progress is not None:
+            progress(0, 1, 0)
+        return out.clamp(0, 1).to(self.device, torch.float32)
+
+
+# ----------------------------------------------------------------------------- SR
+def upscale(y: torch.Tensor, sf: int, algorithm: str = "bicubic") -> torch.Tensor:
+    h, w = y.shape[-2:]
+    if algorithm == "bicubic":
+        return F.interpolate(y, size=(h * sf, w * sf), mode="bicubic", align_corners=False)
+    from PIL import Image
+
+    chans = []
+    for c in y[0].float().numpy():
+        im = Image.fromarray(c.astype(np.float32), mode="F").resize((w * sf, h * sf), Image.LANCZOS)
+        chans.append(np.asarray(im, dtype=np.float64))
+    return torch.from_numpy(np.stack(chans))[None]
+
+
+# ----------------------------------------------------------------------------- deblurring
+def _freq_sq(h: int, w: int) -> torch.Tensor:
+    fy = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
+    fx = torch.fft.fftfreq(w, dtype=torch.float64)[None, :]
+    return fy ** 2 + fx ** 2
+
+
+def wiener_deconvolve(y: torch.Tensor, kernel: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Wiener filter with the true kernel and a power-law image spectrum ``S(f) = A / (|f|^2 + f0^2)``.
+
+    ``A`` is fitted to the observation (median of ``(|Y|^2 - N sigma^2) (|f|^2 + f0^2) / |K|^2`` where the kernel
+    passes at least 10% of the energy); the mean (DC) is not regularised.
+    """
+    h, w = y.shape[-2:]
+    K = psf2otf(kernel, h, w)
+    Y = torch.fft.fft2(y)
+    f2 = _freq_sq(h, w)
+    f0 = 1.0 / max(h, w)
+    k2 = K.abs() ** 2
+    noise_power = h * w * max(sigma, 1e-4) ** 2
+    sel = (k2 > 0.1) & (f2 > 0)
+    est = ((Y.abs() ** 2).mean(dim=(0, 1)) - noise_power).clamp_min(0) * (f2 + f0 ** 2) / k2.clamp_min(1e-12)
+    A = float(est[sel].median()) if bool(sel.any()) else 1.0
+    prior = A / (f2 + f0 ** 2)
+    reg = noise_power / prior.clamp_min(1e-30)
+    reg[0, 0] = 0.0
+    X = torch.conj(K) * Y / (k2 + reg).clamp_min(1e-12)
+    return torch.fft.ifft2(X).real
+
+
+def tv_deconvolve(y: torch.Tensor, kernel: torch.Tensor, sigma: float, weight: float | None = None,
+                  iterations: int = 200) -> torch.Tensor:
+    """``argmin_x 1/2 ||k * x - y||^2 + weight * TV(x)`` (isotropic TV, circular boundaries) by ADMM."""
+    h, w = y.shape[-2:]
+    lam = weight if weight is not None else 0.6 * max(sigma, 0.002) ** 1.5  # tuned on scikit-image photos
+    rho = 20 * lam
+    K = psf2otf(kernel, h, w)
+    dh = psf2otf(torch.tensor([[0.0, -1.0, 1.0]], dtype=torch.float64), h, w)
+    dv = psf2otf(torch.tensor([[0.0], [-1.0], [1.0]], dtype=torch.float64), h, w)
+    denom = K.abs() ** 2 + rho * (dh.abs() ** 2 + dv.abs() ** 2)
+    KtY = torch.conj(K) * torch.fft.fft2(y)
+    x = y.clone()
+    zh = torch.zeros_like(y)
+    zv = torch.zeros_like(y)
+    uh = torch.zeros_like(y)
+    uv = torch.zeros_like(y)
+    for _ in range(iterations):
+        rhs = KtY + rho * (torch.conj(dh) * torch.fft.fft2(zh - uh) + torch.conj(dv) * torch.fft.fft2(zv - uv))
+        X = rhs / denom
+        x = torch.fft.ifft2(X).real
+        gh = torch.fft.ifft2(dh * X).real
+        gv = torch.fft.ifft2(dv * X).real
+        vh, vv = gh + uh, gv + uv
+        mag = torch.sqrt(vh ** 2 + vv ** 2).clamp_min(1e-12)
+        shrink = (1 - lam / (rho * mag)).clamp_min(0)
+        zh, zv = shrink * vh, shrink * vv
+        uh, uv = vh - zh, vv - zv
+    return x
+
+
+# ----------------------------------------------------------------------------- inpainting
+def inpaint(y: torch.Tensor, known: np.ndarray, algorithm: str = "biharmonic") -> torch.Tensor:
+    img = y[0].permute(1, 2, 0).numpy()
+    if known.all():
+        return y.clone()
+    if algorithm == "biharmonic":
+        from skimage.restoration import inpaint_biharmonic
+
+        out = inpaint_biharmonic(img, ~known, channel_axis=-1)
+    else:
+        out = harmonic_fill(img, known)
+    return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)[None]
+
+
+def harmonic_fill(img: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Missing pixels solve Laplace's equation (each the mean of its 4 neighbours), known pixels fixed."""
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spl
+
+    h, w = known.shape
+    idx = -np.ones((h, w), dtype=np.int64)
+    unknown = np.argwhere(~known)
+    idx[~known] = np.arange(len(unknown))
+    rows, cols, vals = [], [], []
+    rhs = np.zeros((len(unknown), img.shape[2]))
+    for n, (i, j) in enumerate(unknown):
+        nb = [(a, b) for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)) if 0 <= a < h and 0 <= b < w]
+        rows.append(n)
+        cols.append(n)
+        vals.append(len(nb))
+        for a, b in nb:
+            if known[a, b]:
+                rhs[n] += img[a, b]
+            else:
+                rows.append(n)
+                cols.append(idx[a, b])
+                vals.append(-1.0)
+    A = sp.csr_matrix((vals, (rows, cols)), shape=(len(unknown), len(unknown)))
+    sol = spl.spsolve(A.tocsc(), rhs)
+    out = img.copy()
+    out[~known] = sol.reshape(len(unknown), -1)
+    return out
+
+
+# ----------------------------------------------------------------------------- denoising
+def bm3d_denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
+    try:
+        import bm3d
+    except ImportError:
+        raise TaskError("BM3D needs the 'bm3d' package: pip install 'restorekit[classical]'") from None
+    img = y[0].permute(1, 2, 0).numpy()
+    out = bm3d.bm3d_rgb(img, max(sigma, 1e-4))
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float64)).permute(2, 0, 1)[None]
