@@ -150,6 +150,20 @@ class Restorer:
     def _from_weights(cls, path: Path, card: ModelCard | None, device=None, **kwargs) -> "Restorer":
         raise NotImplementedError
 
+    def to(self, device: str | torch.device) -> "Restorer":
+        """Move every network of this restorer to ``device`` (precision is chosen at load: ``torch_dtype=``)."""
+        dev = resolve_device(device)
+        for v in vars(self).values():
+            if isinstance(v, torch.nn.Module):
+                v.to(dev)
+            elif hasattr(v, "to") and hasattr(v, "device") and not isinstance(v, torch.Tensor):
+                try:
+                    v.to(dev)
+                except TypeError:
+                    pass
+        self.device = dev
+        return self
+
     # -- restoration ------------------------------------------------------------
     def check_task(self, task: str) -> None:
         if task not in self.tasks:
@@ -186,6 +200,49 @@ class Restorer:
         if info.kind == "file":
             info.kind = "pil"
         return from_tensor(out, info)
+
+    def restore_folder(self, input, output, task: str | None = None, operator=None, steps: int | None = None,
+                       seed: int = 0, recursive: bool = False, overwrite: bool = False, progress=None,
+                       **options) -> dict:
+        """Restore every image of a folder, glob or ``.txt`` list into the folder ``output``, as ``restorekit run``.
+
+        Results are ``<output>/<relative sub-folder>/<stem>_<method>_<task>.png``; images already restored are
+        skipped unless ``overwrite``; image k (sorted) gets seed ``seed + k``; an image that fails is reported
+        and the others go on. ``operator`` is one operator for every image, or a callable
+        ``operator(image_tensor) -> operator``. Returns ``{"written": [...], "skipped": [...], "failed": {path: message}}``.
+        """
+        from .files import check_not_inputs, check_writable, collect_inputs, plan_outputs
+        from .io import read_image, save_image
+
+        task = task or (self.tasks[0] if len(self.tasks) == 1 else None)
+        if task is None:
+            raise TaskError(f"pass task=...; method {self.name!r} does: {', '.join(self.tasks)}")
+        self.check_task(task)
+        jobs, _ = collect_inputs(input, recursive)
+        plan_outputs(jobs, output, False, self.name, task)
+        check_not_inputs([j.output for j in jobs], [j.input for j in jobs], overwrite)
+        for j in jobs:
+            check_writable(j.output)
+        report = {"written": [], "skipped": [], "failed": {}}
+        for j in jobs:
+            if j.output.exists() and not overwrite:
+                report["skipped"].append(j.output)
+                continue
+            try:
+                arr, info = read_image(j.input)
+                x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+                check_image_size(self.name, *x.shape[-2:])
+                op = operator(x) if callable(operator) and not hasattr(operator, "forward") else operator
+                check_operator_fits(op, x.shape[-2:])
+                out = self.restore_tensor(x.to(self.device), task=task, operator=op, steps=steps, seed=seed + j.index,
+                                          **options)
+                save_image(j.output, out, info)
+                report["written"].append(j.output)
+            except RestoreKitError as e:
+                report["failed"][j.input] = str(e)
+            if progress is not None:
+                progress(j.index, len(jobs), j.input)
+        return report
 
     def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
                        seed: int | None = None, progress=None, **options) -> torch.Tensor:

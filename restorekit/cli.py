@@ -78,6 +78,8 @@ def _add_run(sub):
                    help="refuse images larger than this (default: DiffPIR 1.1 MP, whose UNet attends over the "
                         "whole image; other methods unlimited)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+                   help="network precision (default: the method's; data steps and metrics keep float32/64)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="per-step progress bars inside each image")
@@ -402,7 +404,16 @@ def cmd_run(args) -> int:
         return 0
 
     # --- model --------------------------------------------------------------------------------------------
-    restorer = cls.from_pretrained(args.weights or cls.default_model_for(args.task), device=args.device)
+    load_kw = {}
+    if args.precision is not None:
+        load_kw["torch_dtype"] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
+    try:
+        restorer = cls.from_pretrained(args.weights or cls.default_model_for(args.task), device=args.device,
+                                       **load_kw)
+    except TypeError as e:
+        if load_kw and "torch_dtype" in str(e):
+            raise RestoreKitError(f"method {args.method!r} does not support --precision {args.precision}") from None
+        raise
     card = restorer.card
     if card is not None and card.demo:
         print(f"NOTE: using the bundled DEMO model '{card.name}' - demo quality only. For real results pass "

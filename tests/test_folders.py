@@ -96,3 +96,20 @@ def test_restore_list_and_batched_tensor(tiny_weights):
     lst = r.restore([ys[0].numpy().transpose(1, 2, 0), ys[1].numpy().transpose(1, 2, 0)], task="deblur",
                     operator=op, steps=3, seed=5)
     assert isinstance(lst, list) and len(lst) == 2 and lst[0].shape == (16, 16, 3)
+
+
+def test_restore_folder_api_mirrors_the_cli(tmp_path, photos, tiny_weights):
+    r = Restorer.from_pretrained(tiny_weights, method="diffpir", device="cpu")
+    (photos / "broken.png").write_bytes(b"nope")
+    op = lambda x: Blur(gaussian_kernel(5, 1.0))  # noqa: E731
+    rep = r.restore_folder(photos, tmp_path / "out", task="deblur", operator=op, steps=2, seed=3, recursive=True)
+    assert sorted(p.name for p in rep["written"]) == ["a_diffpir_deblur.png", "b_diffpir_deblur.png",
+                                                      "c_diffpir_deblur.png"]
+    assert list(rep["failed"]) == [photos / "broken.png"]
+    again = r.restore_folder(photos, tmp_path / "out", task="deblur", operator=op, steps=2, seed=3, recursive=True)
+    assert len(again["skipped"]) == 3 and not again["written"]
+    # image k is restored with seed + k, as alone
+    y = torch.from_numpy(np.asarray(Image.open(photos / "b.png")).astype(np.float32) / 255).permute(2, 0, 1)[None]
+    alone = r.restore_tensor(y, "deblur", Blur(gaussian_kernel(5, 1.0)), steps=2, seed=3 + 1)
+    got = np.asarray(Image.open(tmp_path / "out" / "b_diffpir_deblur.png"))
+    assert np.abs(got.astype(int) - np.round(alone[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255)).max() <= 1
