@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from restorekit.gmm import diffpir_posterior_samples, make_problem, posterior_samples, prior_samples, sliced_wasserstein
+from restorekit.validation.gmm import diffpir_posterior_samples, make_problem, posterior_samples, prior_samples, sliced_wasserstein
 from restorekit.methods.diffpir.sampler import DiffPIRConfig
 
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from restorekit.gmm import (diffpir_posterior_samples, make_problem, posterior_samples, prior_samples,
+from restorekit.validation.gmm import (diffpir_posterior_samples, make_problem, posterior_samples, prior_samples,
                             sliced_wasserstein)
 from restorekit.methods.diffpir.sampler import DiffPIRConfig
 from restorekit.operators.dense import DenseOperator

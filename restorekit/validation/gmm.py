@@ -102,9 +102,9 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 500, seed
 
 def diffpir_posterior_samples(prob: GMMProblem, n: int, config, seed: int = 0) -> torch.Tensor:
     """Run restorekit's DiffPIR sampler with the exact MMSE denoiser on ``n`` particles (z-space, (n, d))."""
-    from .diffusion import LinearSchedule
-    from .methods.diffpir.sampler import diffpir_sample
-    from .operators.dense import DenseOperator
+    from ..diffusion import LinearSchedule
+    from ..methods.diffpir.sampler import diffpir_sample
+    from ..operators.dense import DenseOperator
 
     sch = LinearSchedule()
     ac = np.cumprod(1 - np.linspace(sch.beta_start, sch.beta_end, sch.num_train_timesteps))
