@@ -113,3 +113,28 @@ def test_restore_folder_api_mirrors_the_cli(tmp_path, photos, tiny_weights):
     alone = r.restore_tensor(y, "deblur", Blur(gaussian_kernel(5, 1.0)), steps=2, seed=3 + 1)
     got = np.asarray(Image.open(tmp_path / "out" / "b_diffpir_deblur.png"))
     assert np.abs(got.astype(int) - np.round(alone[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255)).max() <= 1
+
+
+def test_two_processes_share_a_folder(tmp_path, photos, tiny_weights):
+    """Launched as 2 processes (torchrun; accelerate launch sets the same RANK / WORLD_SIZE), the images are dealt
+    to the ranks; together they write every result once, identical to a single-process run."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "multi"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                        "127.0.0.1", "--master_port", str(port), "-m", "restorekit.cli", "run", "--input",
+                        str(photos), "--output", str(out), "--recursive"] + _common(tiny_weights),
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr.count("restored image written to") == 3  # each image once, over both ranks
+    single = tmp_path / "single"
+    assert main(["run", "--input", str(photos), "--output", str(single), "--recursive"] + _common(tiny_weights)) == 0
+    for p in single.rglob("*_deblur.png"):
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(out / p.relative_to(single))))
