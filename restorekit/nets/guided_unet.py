@@ -95,7 +95,9 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 (as the official ``normalization``)."""
 
     def forward(self, x):
-        return super().forward(x.float()).type(x.dtype)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).type(x.dtype)
 
 
 def _norm(ch: int, groups: int) -> nn.GroupNorm:
@@ -284,9 +286,11 @@ class GuidedUNet(nn.Module):
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be a multiple of {self.size_multiple}")
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype))
+        dtype = self.input_blocks[0][0].weight.dtype  # the network's dtype (float32, float16 or bfloat16)
+        # sinusoids in float32, then the network's dtype (as guided-diffusion's convert_to_fp16)
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
         hs = []
-        h = x
+        h = x.to(dtype)
         for block in self.input_blocks:
             h = block(h, emb)
             hs.append(h)

@@ -16,9 +16,24 @@ from ...nets.guided_unet import FFHQ_10M, IMAGENET_256_UNCOND, GuidedUNet, Guide
 from ...operators import BicubicDownsample, BlurDownsample, Inpainting, LinearOperator
 from ...registry import register_method
 from ...weights import ModelCard, load_state_dict, load_strict
-from .sampler import TASK_DEFAULTS, DiffPIRConfig, EpsToX0, diffpir_sample
+from .sampler import TASK_DEFAULTS, DiffPIRConfig, GuidedDiffusionModel, diffpir_sample
 
 PRESETS = {"ffhq_10m": FFHQ_10M, "imagenet_256_uncond": IMAGENET_256_UNCOND}
+
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(torch_dtype) -> torch.dtype:
+    """``torch_dtype`` as a torch dtype: a dtype, or "fp32" / "fp16" / "bf16" (also "float16", ...)."""
+    if torch_dtype is None:
+        return torch.float32
+    if isinstance(torch_dtype, torch.dtype) and torch_dtype in _DTYPES.values():
+        return torch_dtype
+    key = str(torch_dtype).replace("torch.", "").lower()
+    if key not in _DTYPES:
+        raise TaskError(f"unsupported torch_dtype {torch_dtype!r}; use float32, float16 or bfloat16")
+    return _DTYPES[key]
 
 
 def _shapes(cfg: GuidedUNetConfig) -> dict:
@@ -47,15 +62,19 @@ class DiffPIR(Restorer):
     tasks = ("deblur", "sr", "inpaint")
     default_model = "diffpir-demo"
 
-    def __init__(self, unet: GuidedUNet, device=None, schedule: LinearSchedule | None = None):
+    def __init__(self, unet: GuidedUNet, device=None, schedule: LinearSchedule | None = None, torch_dtype=None):
         super().__init__(device)
-        self.unet = unet.to(self.device).eval()
+        self.dtype = resolve_dtype(torch_dtype)
+        self.unet = unet.to(self.device, self.dtype).eval()
         for p in self.unet.parameters():
             p.requires_grad_(False)
         self.schedule = schedule or LinearSchedule()
 
     @classmethod
-    def _from_weights(cls, path: Path, card: ModelCard | None, device=None, unet_config=None, **kwargs):
+    def _from_weights(cls, path: Path, card: ModelCard | None, device=None, unet_config=None, torch_dtype=None,
+                      **kwargs):
+        """``torch_dtype`` (float16 / bfloat16, or "fp16" / "bf16") runs the UNet in that precision;
+        the sampler and the data step stay in float32 / float64."""
         if kwargs:
             raise TypeError(f"unexpected options for DiffPIR.from_pretrained: {sorted(kwargs)}")
         sd, meta = load_state_dict(path)
@@ -67,7 +86,7 @@ class DiffPIR(Restorer):
             cfg = infer_unet_config(sd, meta)
         unet = GuidedUNet(cfg)
         load_strict(unet, {k: v.float() for k, v in sd.items()}, str(path))
-        return cls(unet, device=device)
+        return cls(unet, device=device, torch_dtype=torch_dtype)
 
     # ------------------------------------------------------------------------
     @staticmethod
@@ -77,7 +96,7 @@ class DiffPIR(Restorer):
     def make_config(self, task: str, steps: int | None = None, **options) -> DiffPIRConfig:
         cfg = self.default_config(task)
         names = {f.name for f in fields(DiffPIRConfig)}
-        aliases = {"lambda": "lambda_", "lam": "lambda_", "noise": "noise_level", "nfe": "steps"}
+        aliases = {"lambda": "lambda_", "lam": "lambda_", "noise": "noise_level", "nfe": "steps", "iter_num": "steps"}
         for k, v in options.items():
             k = aliases.get(k, k)
             if k not in names:
@@ -92,6 +111,17 @@ class DiffPIR(Restorer):
             raise TaskError("zeta must be in [0, 1]")
         if cfg.noise_level < 0:
             raise TaskError("noise level must be >= 0")
+        try:
+            cfg.check()
+        except ValueError as e:
+            raise TaskError(str(e)) from None
+        if task == "inpaint" and cfg.generate_mode.startswith("DPS"):
+            raise TaskError("generate_mode DPS_y0 / DPS_yt is not available for inpainting "
+                            "(main_ddpir.py allows DiffPIR, repaint and vanilla there)")
+        if task != "inpaint" and cfg.generate_mode == "repaint":
+            raise TaskError("generate_mode 'repaint' is an inpainting mode")
+        if cfg.sr_mode == "cubic" and task != "sr":
+            raise TaskError("sr_mode='cubic' (the IBP data step) applies to task 'sr' only")
         return cfg
 
     def _check_operator(self, task: str, operator, scale: int) -> LinearOperator:
@@ -117,12 +147,20 @@ class DiffPIR(Restorer):
         H, W = op.input_size(*y.shape[-2:])
         if task == "sr":
             x_init = F.interpolate(y, size=(H, W), mode="bicubic", align_corners=False)
+            if cfg.classical_degradation:  # main_ddpir_sisr.py L243-L249
+                from ...operators.classical_sr import shift_pixel
+
+                sh = shift_pixel(x_init[0].permute(1, 2, 0).cpu().numpy(), op.sf)
+                x_init = torch.from_numpy(sh).permute(2, 0, 1)[None].to(y)
         elif task == "inpaint":
             x_init = y * op.mask.to(y)
         else:
             x_init = y
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        x0_fn = EpsToX0(self.unet, self.schedule, self.unet.size_multiple)
-        out = diffpir_sample(x0_fn, y, op, x_init, cfg, self.schedule, gen, callback=progress)
+        model = GuidedDiffusionModel(self.unet, self.schedule, self.unet.size_multiple)
+        try:
+            out = diffpir_sample(model, y, op, x_init, cfg, self.schedule, gen, callback=progress, task=task)
+        except ValueError as e:
+            raise TaskError(str(e)) from None
         return out.clamp(0, 1)
 

@@ -1,31 +1,28 @@
-"""The DiffPIR sampler (Zhu et al., CVPR-W 2023), as the official ``main_ddpir.py``.
+"""The DiffPIR sampler (Zhu et al., CVPR-W 2023) and every mode of the official ``main_ddpir.py`` loop.
 
-Per step, with ``t`` the current and ``t'`` the next timestep (images in [-1, 1]):
+Default step (``generate_mode='DiffPIR'``, ``model_output_type='pred_xstart'``),
+with ``t`` the current and ``t'`` the next timestep, images in [-1, 1]:
 
 1. ``x0 = clip(x_t / sqrt(abar_t) - sqrt(1/abar_t - 1) * eps_theta(x_t, t), -1, 1)``
-2. data sub-problem (all but the last step):
-   ``x0_hat = argmin ||y - A x||^2 + rho_t ||x - x0||^2`` solved in [0, 1] image
-   space with ``rho_t = lambda * sigma_n^2 / sigmabar_t^2``,
-   ``sigmabar_t = sqrt(1 - abar_t) / sqrt(abar_t)``, then
-   ``x0 <- x0 + guidance_scale * (x0_hat - x0)``.
-3. (all but the last step) ``eps_hat = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)`` and
+   (guided-diffusion's ``p_mean_variance``, float64 coefficients rounded to float32);
+2. data sub-problem ``x0_hat = argmin ||y - A x||^2 + rho_t ||x - x0||^2`` in [0, 1]
+   image space, ``rho_t = lambda * sigma_n^2 / sigmabar_t^2``, then
+   ``x0 <- x0 + guidance_scale * (x0_hat - x0)``;
+3. ``eps_hat = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)`` and
    ``x_{t'} = sqrt(abar_t') x0 + sqrt(1-zeta) (sqrt(1-abar_t' - s^2) eps_hat + s n1)
-   + sqrt(zeta) sqrt(1 - abar_t') n2`` with ``s = eta sqrt(1-abar_t')/sqrt(1-abar_t) sqrt(beta_t)``.
+   + sqrt(zeta) sqrt(1 - abar_t') n2``, ``s = eta sqrt(1-abar_t')/sqrt(1-abar_t) sqrt(beta_t)``.
 
-Upstream behaviours kept by default, each behind a flag:
+Steps 2 and 3 are skipped on every step whose ``seq`` entry equals the last one
+(upstream's ``seq[i] != seq[-1]``; with ``quad`` and more than 500 steps the
+last entry, 999, occurs twice). The output is the chain's ``x_0``.
 
-* ``use_last_x0=False``: upstream skips the data step at the last timestep
-  (t = 0) and returns ``x_0`` of the chain, discarding the last ``x0`` estimate.
-  ``True`` runs the data step there and returns that estimate instead.
-* ``official_rng=True``: upstream calls guided-diffusion's ``p_sample``, which
-  draws (and throws away) one Gaussian sample per network evaluation. Keeping
-  the draw keeps the random stream identical to upstream's for a given seed.
-* ``rho_t`` mixes scales as upstream does: ``sigma_n`` is the noise std on
-  [0, 1] images, ``sigmabar_t`` is on [-1, 1]; the published lambdas are tuned
-  for this, so it is kept as is.
-* ``skip_type='uniform'`` evaluates the network ``steps + 1`` times (upstream
-  appends t = 0 to ``range(0, 1000, 1000 // steps)``).
-* inpainting pastes the observed pixels into the output at the end.
+Random numbers: with ``official_rng=True`` every Gaussian is drawn on the CPU
+from ``generator`` into a channels-last tensor, which is what upstream's
+``torch.randn_like(x)`` does with its channels-last ``x`` (built by
+``single2tensor4``); the values differ from a contiguous ``randn``, not only
+their order. guided-diffusion's ``p_sample`` / ``ddim_sample`` draw one more
+Gaussian per network call; it is drawn (and used by ``pred_x_prev`` and the
+DPS modes) as upstream does.
 """
 
 from __future__ import annotations
@@ -41,6 +38,10 @@ from ...io import pad_to_multiple
 from ...operators.base import LinearOperator
 from ...operators.inpaint import Inpainting
 
+GENERATE_MODES = ("DiffPIR", "DPS_y0", "DPS_yt", "vanilla", "repaint")
+MODEL_OUTPUT_TYPES = ("pred_xstart", "pred_x_prev", "epsilon", "score")
+SR_MODES = ("blur", "cubic")
+
 
 @dataclass
 class DiffPIRConfig:
@@ -49,14 +50,42 @@ class DiffPIRConfig:
     zeta: float = 0.3
     eta: float = 0.0
     skip_type: str = "quad"  # "quad" | "uniform"
-    noise_level: float = 0.05  # sigma_n of y, on [0, 1] images
+    noise_level: float = 0.05  # sigma_n of y on [0, 1] images (upstream noise_level_img / 255)
     guidance_scale: float = 1.0
-    t_start: int | None = None  # None -> T-1 ("noise_init_img: max")
+    t_start: int | None = None  # None -> T-1 ("noise_init_img: max"), or from noise_init_img
+    noise_init_img: float | str | None = None  # upstream: 'max' or a noise level on the 0-255 scale
     use_last_x0: bool = False
     official_rng: bool = True
+    generate_mode: str = "DiffPIR"
+    sub_1_analytic: bool = True
+    iter_num_U: int = 1
+    skip_noise_model_t: bool = False
+    noise_level_model: float | None = None  # None -> noise_level
+    model_output_type: str = "pred_xstart"
+    ddim_sample: bool = False
+    sr_mode: str = "blur"  # SR data step: "blur" closed form (FFT), "cubic" iterative back-projection
+    inIter: int = 1
+    gamma: float = 0.01
+    classical_degradation: bool = False  # main_ddpir_sisr.py: start from shift_pixel(bicubic(y))
+    start_from_t_y: bool = False  # main_ddpir_deblur.py / main_ddpir_inpainting.py starting point
+    paste_observed: bool = False  # inpainting: copy the observed pixels into the output
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the bad option."""
+        if self.generate_mode not in GENERATE_MODES:
+            raise ValueError(f"unknown generate_mode {self.generate_mode!r}; use one of {', '.join(GENERATE_MODES)}")
+        if self.model_output_type not in MODEL_OUTPUT_TYPES:
+            raise ValueError(f"unknown model_output_type {self.model_output_type!r}; "
+                             f"use one of {', '.join(MODEL_OUTPUT_TYPES)}")
+        if self.sr_mode not in SR_MODES:
+            raise ValueError(f"unknown sr_mode {self.sr_mode!r}; use 'blur' or 'cubic'")
+        if self.skip_type not in ("quad", "uniform"):
+            raise ValueError(f"unknown skip_type {self.skip_type!r}; use 'quad' or 'uniform'")
+        if int(self.iter_num_U) < 1 or int(self.inIter) < 0:
+            raise ValueError("iter_num_U must be >= 1 and inIter >= 0")
 
 
 #: Official per-task defaults (main_ddpir_deblur.py; configs/sisr.yaml; configs/inpaint.yaml).
@@ -95,91 +124,321 @@ def diffpir_timesteps(steps: int, skip_type: str = "quad", num_train_timesteps: 
     return [num_train_timesteps - 1 - s for s in diffpir_sequence(steps, skip_type, num_train_timesteps)]
 
 
-def diffpir_rhos(lambda_: float, noise_level: float, schedule: LinearSchedule) -> torch.Tensor:
-    """``rho_t = lambda * max(sigma_n, 0.001)^2 / sigmabar_t^2`` for every t (float32)."""
+def diffpir_rhos(lambda_: float, noise_level: float, schedule: LinearSchedule, sigma_k: str = "reduced") -> torch.Tensor:
+    """``rho_t = lambda * max(sigma_n, 0.001)^2 / sigma_k(t)^2`` for every t (float32).
+
+    ``sigma_k`` is ``sigmabar_t = sqrt(1-abar_t)/sqrt(abar_t)`` (``'reduced'``, DiffPIR mode with
+    ``pred_xstart``) or ``sqrt(beta_t / alpha_t)`` (``'beta'``, every other mode, as upstream).
+    """
     sigma = max(0.001, noise_level)
-    return (lambda_ * sigma ** 2 / schedule.reduced_alpha_cumprod ** 2).float()
+    if sigma_k == "reduced":
+        sk = schedule.reduced_alpha_cumprod
+    else:
+        b = schedule.betas
+        sk = torch.sqrt(b / (1.0 - b))
+    return (lambda_ * sigma ** 2 / sk ** 2).float()
 
 
-class EpsToX0:
-    """Wraps an epsilon-network into ``x0(x_t, t)`` as guided-diffusion's ``p_mean_variance``.
+def find_nearest(values: torch.Tensor, v: float) -> int:
+    """Index of the entry of ``values`` nearest to ``v`` (upstream ``utils_model.find_nearest``)."""
+    return int(np.abs(np.asarray(values) - v).argmin())
 
-    Takes the first 3 output channels as epsilon, uses float64 schedule
-    coefficients, clips to [-1, 1]. ``size_multiple`` pads the input
-    (reflect) so the UNet sees a valid size, and crops the result back.
+
+class GuidedDiffusionModel:
+    """An epsilon-network seen as guided-diffusion's ``p_sample`` / ``ddim_sample`` (linear schedule).
+
+    ``__call__(x, t)`` is ``pred_xstart`` (first 3 output channels as epsilon,
+    float64 coefficients rounded to float32, clipped to [-1, 1]). :meth:`sample`
+    also returns the ``p_sample`` draw ``mean + exp(logvar/2) n`` with the learned
+    range variance (6 output channels) or the fixed-large variance (3 channels,
+    guided-diffusion's ``learn_sigma=False``), or DDIM's deterministic (eta = 0)
+    step. ``size_multiple`` reflect-pads the input for the UNet and crops back.
     """
 
     def __init__(self, net: Callable, schedule: LinearSchedule, size_multiple: int = 1, clip: bool = True):
         self.net = net
         self.size_multiple = size_multiple
         self.clip = clip
-        a, b = schedule.x0_coefficients()
-        self._a, self._b = a, b
+        T = schedule.num_train_timesteps
+        b = np.linspace(schedule.beta_start, schedule.beta_end, T, dtype=np.float64)
+        ac = np.cumprod(1.0 - b)
+        acp = np.append(1.0, ac[:-1])
+        post_var = b * (1.0 - acp) / (1.0 - ac)
+        self._c = {k: torch.from_numpy(v) for k, v in dict(
+            recip=np.sqrt(1.0 / ac), recipm1=np.sqrt(1.0 / ac - 1), ac=ac, acp=acp,
+            coef1=b * np.sqrt(acp) / (1.0 - ac), coef2=(1.0 - acp) * np.sqrt(1.0 - b) / (1.0 - ac),
+            min_log=np.log(np.append(post_var[1], post_var[1:])), max_log=np.log(b),
+            fixed_large=np.log(np.append(post_var[1], b[1:]))).items()}
 
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def c(self, name: str, t: int) -> float:
+        return self._c[name][t].float().item()
+
+    def _raw(self, x: torch.Tensor, t: int):
         xin, (h, w) = pad_to_multiple(x, self.size_multiple)
         tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        eps = self.net(xin, tt)[:, :3, :h, :w].to(x.dtype)
-        x0 = self._a[t].float().item() * x - self._b[t].float().item() * eps
+        p = next(iter(self.net.parameters()), None) if isinstance(self.net, torch.nn.Module) else None
+        if p is not None and p.dtype != xin.dtype:
+            xin = xin.to(p.dtype)
+        out = self.net(xin, tt)[:, :, :h, :w].to(x.dtype)
+        c = x.shape[1]
+        return out[:, :c], (out[:, c:2 * c] if out.shape[1] >= 2 * c else None)
+
+    def _x0(self, x, eps, t):
+        x0 = self.c("recip", t) * x - self.c("recipm1", t) * eps
         return x0.clamp(-1, 1) if self.clip else x0
 
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        with torch.no_grad():
+            eps, _ = self._raw(x, t)
+        return self._x0(x, eps, t)
 
-def _randn(shape, generator: torch.Generator | None, device, dtype) -> torch.Tensor:
+    def sample(self, x: torch.Tensor, t: int, noise: torch.Tensor, ddim: bool = False):
+        """(x_prev, x0) of ``p_sample`` (or ``ddim_sample`` with eta 0) given its Gaussian ``noise``."""
+        eps, v = self._raw(x, t)
+        x0 = self._x0(x, eps, t)
+        nonzero = float(t != 0)
+        if ddim:
+            e = (self.c("recip", t) * x - x0) / self.c("recipm1", t)
+            abp = self._c["acp"][t].float()
+            mean = x0 * torch.sqrt(abp) + torch.sqrt(1 - abp) * e
+            return mean + nonzero * 0.0 * noise, x0
+        mean = self.c("coef1", t) * x0 + self.c("coef2", t) * x
+        if v is not None:
+            frac = (v + 1) / 2
+            logvar = frac * self.c("max_log", t) + (1 - frac) * self.c("min_log", t)
+        else:
+            logvar = torch.full_like(x, self.c("fixed_large", t))
+        return mean + nonzero * torch.exp(0.5 * logvar) * noise, x0
+
+
+#: backwards-compatible name
+EpsToX0 = GuidedDiffusionModel
+
+
+def _draw(shape, generator: torch.Generator | None, device, dtype, official: bool) -> torch.Tensor:
     # drawn on the CPU so that a seed gives the same image on every device
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+    if official and len(shape) == 4:
+        n = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last).normal_(generator=generator)
+    else:
+        n = torch.randn(shape, generator=generator, dtype=torch.float32)
+    return n.to(device=device, dtype=dtype).contiguous()
+
+
+def reflect_blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Upstream's differentiable deblurring operator: reflect-pad by k//2, then per-channel ``conv2d``
+    (correlation, the kernel is not flipped)."""
+    k = kernel.to(x)
+    c = x.shape[1]
+    p = k.shape[-2] // 2  # ReflectionPad2d(k.shape[0] // 2) on every side
+    xp = torch.nn.functional.pad(x, (p, p, p, p), mode="reflect")
+    return torch.nn.functional.conv2d(xp, k.expand(c, 1, *k.shape[-2:]), groups=c)
+
+
+def dps_grad(x: torch.Tensor, estimate: torch.Tensor, measurement: torch.Tensor, degrade: Callable):
+    """DPS guidance: ``(grad_x ||measurement - degrade(estimate)||, ||...||)``; ``estimate`` is a function of
+    ``x`` with its autograd graph (``x0(x_t)`` for DPS_y0, ``x_{t-1}`` itself for DPS_yt)."""
+    with torch.enable_grad():
+        norm = torch.linalg.norm(measurement - degrade(estimate))
+        g, = torch.autograd.grad(norm, x)
+    return g, norm.detach()
+
+
+class _Problem:
+    """The task-specific parts of the official loop: data steps and the differentiable degradation."""
+
+    def __init__(self, operator, y: torch.Tensor, cfg: DiffPIRConfig, task: str):
+        from ...operators.blur import BlurDownsample
+        from ...operators.matlab_resize import MatlabResize, nearest_upsample
+
+        self.op, self.y, self.cfg, self.task = operator, y, cfg, task
+        self.inpaint = isinstance(operator, Inpainting)
+        self.sf = getattr(operator, "sf", 1)
+        if task == "sr" and isinstance(operator, BlurDownsample):
+            self.resize = MatlabResize(1 / self.sf)
+            self.up = lambda z: nearest_upsample(z, self.sf)
+
+    def analytic(self, x0: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        """The closed-form (or IBP) data step on x0 in [-1, 1]."""
+        cfg = self.cfg
+        if self.task == "sr" and cfg.sr_mode == "cubic":
+            for _ in range(int(cfg.inIter)):
+                z = x0 / 2 + 0.5
+                z = z + cfg.gamma * self.up(self.y - self.resize(z)) / (1 + rho)
+                x0 = z * 2 - 1
+            return x0
+        # the data step runs in float64: in float32 the FFT solution cancels catastrophically when rho is tiny
+        z = (x0 / 2 + 0.5).double()
+        sol = self.op.data_solution(z, self.y.double(), rho.double()).to(x0.dtype) * 2 - 1
+        return x0 + cfg.guidance_scale * (sol - x0)
+
+    def degrade(self, x: torch.Tensor) -> torch.Tensor:
+        """Upstream's ``degrade_op`` for the gradient and DPS steps, with its measurement."""
+        if self.task == "deblur":
+            return reflect_blur(x / 2 + 0.5, self.op.kernel)
+        if self.task == "sr" and hasattr(self, "resize"):
+            return self.resize(x)
+        return self.op.forward(x)
+
+    def measurement(self) -> torch.Tensor:
+        if self.task == "deblur":
+            return self.y
+        if self.inpaint:
+            return self.op.forward(2 * self.y - 1)
+        return 2 * self.y - 1
 
 
 def diffpir_sample(x0_fn: Callable[[torch.Tensor, int], torch.Tensor], y: torch.Tensor, operator: LinearOperator,
                    x_init: torch.Tensor, config: DiffPIRConfig, schedule: LinearSchedule | None = None,
                    generator: torch.Generator | None = None,
-                   callback: Callable[[int, int, int], None] | None = None) -> torch.Tensor:
-    """Run DiffPIR. ``y`` and ``x_init`` are in [0, 1]; returns the restored image in [0, 1].
+                   callback: Callable[[int, int, int], None] | None = None, task: str | None = None) -> torch.Tensor:
+    """Run DiffPIR (any official ``generate_mode``). ``y`` and ``x_init`` are in [0, 1]; returns [0, 1].
 
     ``x_init`` is the image the chain starts from (upstream: ``y`` for
     deblurring, the bicubic upsampling of ``y`` for SR, ``y * mask`` for
-    inpainting), noised to ``t_start``.
+    inpainting). ``x0_fn`` is a :class:`GuidedDiffusionModel` (any mode) or a
+    plain ``x0(x, t)`` function (DiffPIR mode with ``pred_xstart`` only).
+    ``task`` (deblur / sr / inpaint) is inferred from the operator when omitted.
     """
+    cfg = config
+    cfg.check()
     sch = schedule or LinearSchedule()
     T = sch.num_train_timesteps
     device, dtype = y.device, y.dtype
+    inpaint = isinstance(operator, Inpainting)
+    if task is None:
+        task = "inpaint" if inpaint else ("sr" if getattr(operator, "sf", 1) > 1 else "deblur")
+    mode, mot = cfg.generate_mode, cfg.model_output_type
+    dps = mode.startswith("DPS")
+    full_model = hasattr(x0_fn, "sample")
+    if not full_model and not (mode in ("DiffPIR", "vanilla", "repaint") and mot == "pred_xstart" and not cfg.ddim_sample):
+        raise ValueError("this generate_mode / model_output_type needs a GuidedDiffusionModel, not a bare x0 function")
+    if dps and inpaint:
+        raise ValueError("generate_mode DPS_y0 / DPS_yt is not available for inpainting "
+                         "(main_ddpir.py allows DiffPIR, repaint and vanilla there)")
+    if mode == "repaint" and not inpaint:
+        raise ValueError("generate_mode 'repaint' is an inpainting mode")
+
     sac = sch.sqrt_alphas_cumprod.to(device)
     s1m = sch.sqrt_1m_alphas_cumprod.to(device)
     betas = sch.betas.to(device)
-    rhos = diffpir_rhos(config.lambda_, config.noise_level, sch).to(device)
-    t_start = T - 1 if config.t_start is None else int(config.t_start)
-    seq = diffpir_sequence(config.steps, config.skip_type, T)
+    reduced = sch.reduced_alpha_cumprod
+    rhos = diffpir_rhos(cfg.lambda_, cfg.noise_level, sch,
+                        "reduced" if (mot == "pred_xstart" and mode == "DiffPIR") else "beta").to(device)
+    if cfg.t_start is not None:
+        t_start = int(cfg.t_start)
+    elif cfg.noise_init_img not in (None, "max"):
+        t_start = find_nearest(reduced, 2 * float(cfg.noise_init_img) / 255)
+    else:
+        t_start = T - 1
+    sigma_model = cfg.noise_level if cfg.noise_level_model is None else cfg.noise_level_model
+    noise_model_t = find_nearest(reduced, 2 * sigma_model) if cfg.skip_noise_model_t else 0
+    seq = diffpir_sequence(cfg.steps, cfg.skip_type, T)
     ts = [T - 1 - s for s in seq]
-    inpaint = isinstance(operator, Inpainting)
-
-    x = sac[t_start] * (2 * x_init - 1) + s1m[t_start] * _randn(x_init.shape, generator, device, dtype)
     n = len(ts)
+    prob = _Problem(operator, y, cfg, task)
+    mask = operator.mask.to(device=device, dtype=dtype) if inpaint else None
+    yy = 2 * y - 1
+
+    def noise(shape=None):
+        return _draw(tuple(shape or x.shape), generator, device, dtype, cfg.official_rng)
+
+    def model(x, t, kind):
+        """upstream utils_model.model_fn: returns pred_xstart, the sample, or (sample, pred_xstart)."""
+        if not full_model:
+            if cfg.official_rng:
+                noise()  # p_sample's draw
+            return x0_fn(x, t)
+        # p_sample / ddim_sample draw one Gaussian per call; only pred_x_prev and DPS use it
+        nz = noise() if (cfg.official_rng or kind in ("pred_x_prev", "both")) else torch.zeros_like(x)
+        with torch.set_grad_enabled(x.requires_grad):
+            xp, x0 = x0_fn.sample(x, t, nz, cfg.ddim_sample)
+        if kind == "both":
+            return xp, x0
+        if kind == "pred_x_prev":
+            return xp
+        if kind == "pred_xstart":
+            return x0
+        ab = sch.alphas_cumprod[t].to(device)
+        e = (x - ab ** 0.5 * x0) / (1 - ab) ** 0.5
+        return e if kind == "epsilon" else -e / (1 - ab) ** 0.5
+
+    # ---- starting point
+    if cfg.start_from_t_y:
+        t_y = find_nearest(reduced, 2 * cfg.noise_level)
+        a = sac[t_start] / sac[t_y]
+        x = a * (2 * x_init - 1) + torch.sqrt(s1m[t_start] ** 2 - a ** 2 * s1m[t_y] ** 2) * noise(x_init.shape)
+    else:
+        x = sac[t_start] * (2 * x_init - 1) + s1m[t_start] * noise(x_init.shape)
+    x = x.to(dtype)
+    out = x / 2 + 0.5
+    x0 = None
     for i, t in enumerate(ts):
         if t > t_start:
             continue
-        last = i == n - 1
-        x0 = x0_fn(x, t)
-        if config.official_rng:
-            _randn(x.shape, generator, device, dtype)  # p_sample's discarded noise
-        if not last or config.use_last_x0:
-            z = x0 / 2 + 0.5
-            x0_hat = operator.data_solution(z, y, rhos[t]) * 2 - 1
-            x0 = x0 + config.guidance_scale * (x0_hat - x0)
-        if not last:
-            tp = ts[i + 1]
-            eps = (x - sac[t] * x0) / s1m[t]
-            eta_sigma = config.eta * s1m[tp] / s1m[t] * torch.sqrt(betas[t])
-            n1 = _randn(x.shape, generator, device, dtype)
-            n2 = _randn(x.shape, generator, device, dtype)
-            x = (sac[tp] * x0
-                 + np.sqrt(1 - config.zeta) * (torch.sqrt(s1m[tp] ** 2 - eta_sigma ** 2) * eps + eta_sigma * n1)
-                 + np.sqrt(config.zeta) * s1m[tp] * n2)
-        elif config.use_last_x0:
-            x = x0
+        last = seq[i] == seq[-1]
+        tp = ts[i + 1] if i + 1 < n else t
+        for u in range(int(cfg.iter_num_U)):
+            # ---- step 1: one reverse diffusion step
+            xt = None
+            if inpaint:
+                if mode == "repaint":
+                    x = (sac[t] * yy + s1m[t] * noise()) * mask + (1 - mask) * x
+                if mot == "pred_xstart":
+                    x0 = model(x, t, mot)
+                else:
+                    x = model(x, t, mot)
+            elif dps:
+                x = x.detach().requires_grad_()
+                with torch.enable_grad():
+                    xt, x0 = model(x, t, "both")
+            else:
+                x0 = model(x, t, mot)
+            # ---- step 2: data step
+            if not last:
+                if mode == "DiffPIR" and cfg.sub_1_analytic:
+                    if mot == "pred_xstart":
+                        if i < T - noise_model_t:
+                            x0 = prob.analytic(x0, rhos[t])
+                        else:  # upstream switches to pred_x_prev for the rest of the run
+                            mot = "pred_x_prev"
+                            x0 = model(x, t, mot)
+                    elif mot == "pred_x_prev" and inpaint and i < T - noise_model_t:
+                        # main_ddpir_inpainting.py L277 (main_ddpir.py uses an undefined tau / stale x0 here)
+                        x = (mask * yy + rhos[t] * x) / (mask + rhos[t])
+                elif mode == "DiffPIR":  # sub_1_analytic=False: one gradient step
+                    x0 = x0.detach().requires_grad_()
+                    g, norm = dps_grad(x0, x0, prob.measurement(), prob.degrade)
+                    x0 = (x0 - g * norm / rhos[t]).detach()
+                elif mode == "DPS_y0":
+                    g, _ = dps_grad(x, x0, prob.measurement(), prob.degrade)
+                    x = (xt - g * 1.0).detach()
+                elif mode == "DPS_yt":
+                    y_t = sac[t] * yy + s1m[t] * noise(y.shape)
+                    meas = y_t / 2 + 0.5 if task == "deblur" else y_t
+                    g, norm = dps_grad(xt, xt, meas, prob.degrade)
+                    x = (xt - g * cfg.lambda_ * norm / rhos[t] * 0.35).detach()
+            elif cfg.use_last_x0 and mot == "pred_xstart" and mode == "DiffPIR" and i == n - 1:
+                x0 = prob.analytic(x0, rhos[t])
+                x = x0
+            if x0 is not None:
+                x0 = x0.detach()
+            # ---- step 3: back to t' (vanilla: for every task, see the README)
+            if (inpaint or mode in ("DiffPIR", "vanilla")) and mot == "pred_xstart" and not last:
+                eps = (x - sac[t] * x0) / s1m[t]
+                eta_sigma = cfg.eta * s1m[tp] / s1m[t] * torch.sqrt(betas[t])
+                x = (sac[tp] * x0
+                     + np.sqrt(1 - cfg.zeta) * (torch.sqrt(s1m[tp] ** 2 - eta_sigma ** 2) * eps
+                                                 + eta_sigma * noise())
+                     + np.sqrt(cfg.zeta) * s1m[tp] * noise())
+            # ---- iter_num_U > 1: re-noise from t' back to t
+            if u < int(cfg.iter_num_U) - 1 and not last:
+                a = sac[t] / sac[tp]
+                x = a * x + torch.sqrt(s1m[t] ** 2 - a ** 2 * s1m[tp] ** 2) * noise()
+            x = x.detach()
+        out = x / 2 + 0.5
         if callback is not None:
             callback(i, n, t)
-    out = x / 2 + 0.5
-    if inpaint:
-        m = operator.mask.to(device=device, dtype=dtype).expand_as(out).bool()
-        out = torch.where(m, y, out)
+    if inpaint and cfg.paste_observed:
+        m = mask.expand_as(out).bool()
+        out = torch.where(m, y.expand_as(out), out)
     return out
