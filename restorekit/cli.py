@@ -89,16 +89,26 @@ def _add_run(sub):
 def _add_train(sub):
     p = sub.add_parser("train", help="train models",
                        description="'restorekit train prior --data DIR --output P' trains a DiffPIR prior; "
-                                   "'restorekit train --method diffir --stage 1|2 --config C.yaml' trains DiffIR.")
+                                   "'restorekit train --method diffir --stage 1|2|gan|finetune --config C.yaml' "
+                                   "trains DiffIR (configs/diffir/).")
     p.add_argument("what", nargs="?", choices=("prior",), help="'prior': a guided-diffusion UNet for DiffPIR")
     p.add_argument("--method", default=None, choices=("diffpir", "diffir"))
-    p.add_argument("--stage", type=int, choices=(1, 2), default=None, help="DiffIR training stage")
+    p.add_argument("--stage", choices=("1", "2", "gan", "finetune"), default=None,
+                   help="DiffIR training stage: 1, 2, gan (S2-GAN), finetune (GAN V2 finetune)")
     p.add_argument("--config", default=None,
                    help="DiffIR: training YAML (configs/diffir/...); prior: JSON GuidedUNetConfig")
     p.add_argument("--data", default=None, help="folder of clean training images")
     p.add_argument("--output", default=None, help="output .safetensors")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--s1-weights", default=None, help="DiffIR stage 2: the stage-1 weights")
+    p.add_argument("--s2-weights", default=None, help="DiffIR gan/finetune: the generator weights it starts from")
+    p.add_argument("--d-weights", default=None, help="DiffIR finetune: the GAN stage's discriminator (.pth)")
+    p.add_argument("--resume", default=None,
+                   help="DiffIR: continue from a training state: ITER.state, a folder of them, or 'auto' (latest)")
+    p.add_argument("--state-dir", default=None,
+                   help="DiffIR: folder of training states (default: <output stem>_training_states)")
+    p.add_argument("--val-freq", type=int, default=None, help="DiffIR: validate every N iterations (config val.data)")
+    p.add_argument("--save-every", type=int, default=None, help="DiffIR: save a training state every N iterations")
     p.add_argument("--batch-size", type=int, default=16, help="prior only")
     p.add_argument("--crop", type=int, default=64, help="prior only")
     p.add_argument("--lr", type=float, default=2e-4, help="prior only")
@@ -561,11 +571,13 @@ def _restore_one(args, restorer, cfg, extra: dict, job, degraded_path, first=Non
 def cmd_train(args) -> int:
     if args.method == "diffir":
         if args.stage is None or not args.config:
-            raise RestoreKitError("DiffIR training needs --stage 1|2 and --config (see configs/diffir/)")
+            raise RestoreKitError("DiffIR training needs --stage 1|2|gan|finetune and --config (see configs/diffir/)")
         from .methods.diffir.train import train_diffir
 
         info = train_diffir(args.config, args.stage, data=args.data, output=args.output, steps=args.steps,
-                            s1_weights=args.s1_weights, log=lambda s: print(s, file=sys.stderr))
+                            s1_weights=args.s1_weights, s2_weights=args.s2_weights, d_weights=args.d_weights,
+                            resume=args.resume, state_dir=args.state_dir, val_freq=args.val_freq,
+                            save_checkpoint_freq=args.save_every, log=lambda s: print(s, file=sys.stderr))
         info.pop("history", None)
         print(json.dumps(info))
         return 0

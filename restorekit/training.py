@@ -67,3 +67,172 @@ class EMA:
         d = min(self.decay, (1 + self.n) / (10 + self.n))
         for k, v in module.state_dict().items():
             self.state[k].mul_(d).add_(v.detach().float().cpu(), alpha=1 - d)
+
+
+class ParamEMA:
+    """BasicSR's ``model_ema``: a copy of the network whose *parameters* follow
+    ``ema = decay * ema + (1 - decay) * param`` every step (constant decay; buffers stay as copied).
+    ``warmup=True`` uses restorekit's earlier ramp ``min(decay, (1 + n) / (10 + n))`` instead."""
+
+    def __init__(self, module: torch.nn.Module, decay: float = 0.999, warmup: bool = False):
+        import copy
+
+        self.decay, self.warmup, self.n = float(decay), bool(warmup), 0
+        self.module = copy.deepcopy(module).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n)) if self.warmup else self.decay
+        src = dict(module.named_parameters())
+        for k, p in self.module.named_parameters():
+            p.mul_(d).add_(src[k].detach().to(p), alpha=1 - d)
+
+    @property
+    def state(self) -> dict:
+        return {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        return {"n": self.n, "module": self.module.state_dict()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.n = int(sd["n"])
+        self.module.load_state_dict(sd["module"], strict=True)
+
+
+# ---------------------------------------------------------------------------
+# learning-rate schedules (closed forms of BasicSR's schedulers; ``t`` = the scheduler's last_epoch, which
+# BasicSR's loop has at current_iter - 1)
+# ---------------------------------------------------------------------------
+
+
+def _position(t: int, cumulative: list[int]) -> int:
+    for i, c in enumerate(cumulative):
+        if t <= c:
+            return i
+    return len(cumulative) - 1
+
+
+def scheduled_lr(base_lr: float, t: int, scheduler: dict | None) -> float:
+    """Learning rate at scheduler step ``t`` for a BasicSR ``scheduler`` option dict.
+
+    MultiStepLR / MultiStepRestartLR (milestones, gamma, restarts, restart_weights),
+    CosineAnnealingRestartLR (periods, restart_weights, eta_min) and CosineAnnealingRestartCyclicLR
+    (periods, restart_weights, eta_mins); ``None`` or type ``constant``: no schedule."""
+    import math
+
+    if not scheduler:
+        return base_lr
+    sch = dict(scheduler)
+    kind = sch.get("type", "MultiStepLR")
+    if kind == "constant":
+        return base_lr
+    if kind in ("MultiStepLR", "MultiStepRestartLR"):
+        restarts = list(sch.get("restarts", [0]))
+        weights = list(sch.get("restart_weights", [1] * len(restarts)))
+        past = [(r, w) for r, w in zip(restarts, weights) if r <= t]
+        r, w = past[-1] if past else (0, 1)
+        n = sum(1 for m in sch.get("milestones", []) if r < m <= t)
+        return base_lr * w * float(sch.get("gamma", 0.1)) ** n
+    if kind in ("CosineAnnealingRestartLR", "CosineAnnealingRestartCyclicLR"):
+        periods = list(sch["periods"])
+        weights = list(sch.get("restart_weights", [1] * len(periods)))
+        cum = [sum(periods[: i + 1]) for i in range(len(periods))]
+        i = _position(t, cum)
+        eta = (sch.get("eta_mins") or [sch.get("eta_min", 0)] * len(periods))[i] \
+            if kind.endswith("CyclicLR") else sch.get("eta_min", 0)
+        start = 0 if i == 0 else cum[i - 1]
+        return eta + weights[i] * 0.5 * (base_lr - eta) * (1 + math.cos(math.pi * (t - start) / periods[i]))
+    raise ConfigError(f"unknown scheduler type {kind!r} (MultiStepLR, MultiStepRestartLR, CosineAnnealingRestartLR, "
+                      f"CosineAnnealingRestartCyclicLR)")
+
+
+def progressive_size(it: int, iters: list[int], gt_sizes: list[int], batch_sizes: list[int]) -> tuple[int, int]:
+    """(patch size, batch size) at iteration ``it`` of progressive training (Restormer / DiffIR GoPro)."""
+    cum = [sum(iters[: i + 1]) for i in range(len(iters))]
+    j = next((i for i, c in enumerate(cum) if it <= c), len(cum) - 1)
+    return int(gt_sizes[j]), int(batch_sizes[j])
+
+
+class TrainingPairPool:
+    """Real-ESRGAN's training-pair pool (``_dequeue_and_enqueue``): fill a queue of ``size`` pairs; once full,
+    shuffle it, hand out the first ``b`` pairs and put the new batch in their place."""
+
+    def __init__(self, size: int):
+        self.size, self.ptr = int(size), 0
+        self.lq = self.gt = None
+
+    def __call__(self, lq: torch.Tensor, gt: torch.Tensor, g: torch.Generator):
+        b = lq.shape[0]
+        if self.lq is None:
+            if self.size % b:
+                raise ConfigError(f"queue size {self.size} should be divisible by batch size {b}")
+            self.lq = torch.zeros(self.size, *lq.shape[1:], dtype=lq.dtype, device=lq.device)
+            self.gt = torch.zeros(self.size, *gt.shape[1:], dtype=gt.dtype, device=gt.device)
+        if self.ptr == self.size:
+            idx = torch.randperm(self.size, generator=g).to(self.lq.device)
+            self.lq, self.gt = self.lq[idx], self.gt[idx]
+            out_lq, out_gt = self.lq[:b].clone(), self.gt[:b].clone()
+            self.lq[:b], self.gt[:b] = lq, gt
+            return out_lq, out_gt
+        self.lq[self.ptr:self.ptr + b], self.gt[self.ptr:self.ptr + b] = lq, gt
+        self.ptr += b
+        return lq, gt
+
+    def state_dict(self) -> dict:
+        return {"ptr": self.ptr, "lq": self.lq, "gt": self.gt}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.ptr, self.lq, self.gt = int(sd["ptr"]), sd["lq"], sd["gt"]
+
+
+def load_pairs(lq_dir: str | Path, gt_dir: str | Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Paired images (e.g. GoPro blur/sharp) matched by file name (relative path) in two folders."""
+    lq_root, gt_root = Path(lq_dir), Path(gt_dir)
+    for r in (lq_root, gt_root):
+        if not r.is_dir():
+            raise ConfigError(f"training data folder not found: {r}")
+    gts = {p.relative_to(gt_root): p for p in sorted(gt_root.rglob("*")) if p.suffix.lower() in IMAGE_EXTS}
+    lqs = {p.relative_to(lq_root): p for p in sorted(lq_root.rglob("*")) if p.suffix.lower() in IMAGE_EXTS}
+    if not gts:
+        raise ConfigError(f"no images found under {gt_root}")
+    missing = sorted(set(gts) - set(lqs))
+    if missing:
+        raise ConfigError(f"{len(missing)} ground-truth images have no input image of the same name in {lq_root}, "
+                          f"e.g. {missing[0]}")
+    out = []
+    for rel, gp in gts.items():
+        g_arr, _ = read_image(gp)
+        l_arr, _ = read_image(lqs[rel])
+        out.append((torch.from_numpy(l_arr).permute(2, 0, 1).contiguous(),
+                    torch.from_numpy(g_arr).permute(2, 0, 1).contiguous()))
+    return out
+
+
+def paired_random_crops(pairs, batch: int, gt_size: int, scale: int, g: torch.Generator,
+                        flip: bool = True, rot: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned random crops (GT ``gt_size``, LQ ``gt_size // scale``) with the same flip / rotation."""
+    lqs, gts = [], []
+    ls = gt_size // scale
+    for _ in range(batch):
+        lq, gt = pairs[int(torch.randint(len(pairs), (1,), generator=g))]
+        h, w = lq.shape[-2:]
+        if gt.shape[-2:] != (h * scale, w * scale):
+            raise ConfigError(f"paired images do not fit scale {scale}: input {tuple(lq.shape[-2:])}, "
+                              f"ground truth {tuple(gt.shape[-2:])}")
+        if h < ls or w < ls:
+            raise ConfigError(f"paired image {h}x{w} is smaller than the patch {ls}")
+        top = int(torch.randint(h - ls + 1, (1,), generator=g))
+        left = int(torch.randint(w - ls + 1, (1,), generator=g))
+        a = lq[:, top:top + ls, left:left + ls]
+        b = gt[:, top * scale:top * scale + gt_size, left * scale:left * scale + gt_size]
+        if flip and torch.rand(1, generator=g) < 0.5:
+            a, b = a.flip(-1), b.flip(-1)
+        if rot:
+            k = int(torch.randint(4, (1,), generator=g))
+            a, b = torch.rot90(a, k, dims=(-2, -1)), torch.rot90(b, k, dims=(-2, -1))
+        lqs.append(a)
+        gts.append(b)
+    return torch.stack(lqs), torch.stack(gts)

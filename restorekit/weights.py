@@ -177,12 +177,157 @@ def resolve_card(card: ModelCard, download: bool = True) -> Path:
         f"or pass its path with --weights / from_pretrained(path).{tried}")
 
 
+_HARMLESS_BUILTINS = {f"builtins.{t.__name__}": t for t in
+                      (int, float, complex, bool, str, bytes, list, dict, tuple, set, frozenset, slice, range)}
+
+
+class SkippedObject:
+    """Stands in for a pickled object of a class restorekit does not load (an OmegaConf ``DictConfig`` in a
+    Lightning checkpoint's ``hyper_parameters``, a callback's state, ...). It only records what the pickle
+    held; no code of the original class runs and its module is never imported."""
+
+    pickled_name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<skipped {self.pickled_name}>"
+
+
+def _placeholder(name: str):
+    if name in _HARMLESS_BUILTINS:
+        return _HARMLESS_BUILTINS[name]
+    return type(f"Skipped[{name}]", (SkippedObject,), {"pickled_name": name})
+
+
+_MAGIC = [(b"<!doctype html", "an HTML page (a download or login page, not the file itself)"),
+          (b"<html", "an HTML page (a download or login page, not the file itself)"),
+          (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "a gzip archive"),
+          (b"version https://git-lfs", "a Git LFS pointer (the real file was never downloaded)"),
+          (b"{", "a JSON/text file"), (b"PK\x03\x04", "a zip archive")]
+
+
+def _file_kind(head: bytes) -> str | None:
+    low = head.lstrip().lower()
+    for magic, what in _MAGIC:
+        if low.startswith(magic.lower()):
+            return what
+    if len(head) >= 9 and 0 < int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{":
+        return "a safetensors file"
+    if head[:1] == b"\x80":
+        return "a pickle"
+    return None
+
+
+def _diagnose(p: Path) -> str:
+    """Why ``p`` cannot be read, as precisely as its bytes allow."""
+    import json
+    import zipfile
+
+    size = p.stat().st_size
+    if size == 0:
+        return "the file is empty (0 bytes; an interrupted download?)"
+    with open(p, "rb") as f:
+        head = f.read(64)
+    kind = _file_kind(head)
+    if p.suffix == ".safetensors" or kind == "a safetensors file":
+        if kind not in (None, "a safetensors file"):
+            return f"it is not a safetensors file: it looks like {kind}"
+        if size < 8:
+            return f"the file is truncated ({size} bytes, shorter than a safetensors header)"
+        n = int.from_bytes(head[:8], "little")
+        if n > size - 8:
+            return (f"the file is truncated or not a safetensors file: its header claims {n} bytes but only "
+                    f"{size - 8} follow")
+        with open(p, "rb") as f:
+            f.seek(8)
+            raw = f.read(n)
+        try:
+            header = json.loads(raw)
+        except ValueError:
+            return "it is not a safetensors file (its header is not JSON)"
+        end = max((int(v["data_offsets"][1]) for k, v in header.items()
+                   if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+        if 8 + n + end > size:
+            return (f"the file is truncated: its tensors need {8 + n + end} bytes but the file has {size} "
+                    f"(an interrupted download?)")
+        return "its safetensors data is corrupt"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+                bad = z.testzip()
+        except zipfile.BadZipFile:
+            return ("the file is truncated or corrupt: it starts as a zip archive (PyTorch's format) but its "
+                    "central directory is missing (an interrupted download?)")
+        except Exception as e:  # zlib errors, bad headers
+            return f"the zip archive is corrupt ({type(e).__name__}: {e})"
+        if not any(n.endswith("data.pkl") for n in names):
+            return "it is a zip archive but not a PyTorch checkpoint (no data.pkl inside)"
+        if bad is not None:
+            return f"the file is corrupt: member {bad} fails its CRC check"
+        return "its PyTorch pickle data is corrupt"
+    if kind == "a pickle":
+        return "the file is truncated or corrupt (a pickle/legacy PyTorch file that ends early or is malformed)"
+    if kind is not None:
+        return f"it is not a checkpoint: it looks like {kind}"
+    return ("the file is corrupt or not a checkpoint (its bytes are neither a PyTorch .pt/.pth/.ckpt nor a "
+            "safetensors file)")
+
+
+def _torch_load_safe(p: Path) -> tuple[object, list[str]]:
+    """``torch.load(weights_only=True)``; objects of classes outside torch's allow-list (OmegaConf configs,
+    Lightning callback states, ...) load as inert :class:`SkippedObject` placeholders. Returns (object,
+    names of the skipped classes). Never unpickles with ``weights_only=False``."""
+    import pickle
+    import re
+    import zipfile
+
+    names: list[str] = []
+    if zipfile.is_zipfile(p):
+        try:
+            names = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(p)))
+        except Exception:
+            names = []
+    for _ in range(64):
+        with torch.serialization.safe_globals([(_placeholder(n), n) for n in names]):
+            try:
+                return torch.load(str(p), map_location="cpu", weights_only=True), \
+                    [n for n in names if n not in _HARMLESS_BUILTINS]
+            except pickle.UnpicklingError as e:
+                m = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+                if m is None:
+                    b = re.search(r"GLOBAL (\S+) whose module \S+ is blocked", str(e))
+                    if b:
+                        raise WeightsError(f"refusing to load {p}: its pickle references {b.group(1)} (an "
+                                           f"operating-system function; a checkpoint never needs one)") from None
+                    raise
+                name = m.group(1) if "." in m.group(1) else f"builtins.{m.group(1)}"
+                if name in names:
+                    raise
+                names.append(name)  # legacy (non-zip) files: found one at a time
+    raise WeightsError(f"{p}: too many unknown pickled classes")
+
+
 def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     """Load a checkpoint (.safetensors, .pt/.pth/.ckpt) -> (state_dict, metadata).
 
-    Unwraps common containers (``state_dict``, ``params_ema``, ``params``,
-    ``model``). Raises :class:`WeightsError` naming the file when it is
-    missing, truncated or not a checkpoint.
+    Unwraps common containers (``params_ema``, ``state_dict``, ``params``,
+    ``model``). PyTorch files are read with ``weights_only=True``; pickled
+    objects of other classes (e.g. the OmegaConf ``DictConfig`` in a Lightning
+    checkpoint's ``hyper_parameters``) become inert placeholders, listed in
+    ``metadata["skipped_objects"]``, and may not appear in the state dict.
+    Raises :class:`WeightsError` naming the file and saying whether it is
+    empty, truncated, corrupt or not a checkpoint at all.
     """
     p = Path(path)
     if not p.is_file():
@@ -198,7 +343,9 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
                 for k in f.keys():
                     sd[k] = f.get_tensor(k)
         else:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+            obj, skipped = _torch_load_safe(p)
+            if skipped:
+                meta["skipped_objects"] = ", ".join(skipped)
             sd = obj
             if isinstance(obj, dict):
                 for key in ("params_ema", "state_dict", "params", "model"):
@@ -208,10 +355,21 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     except WeightsError:
         raise
     except Exception as e:
-        raise WeightsError(f"cannot load weights from {p}: the file is corrupt, truncated or not a checkpoint "
-                           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"{p} does not contain a state dict of tensors")
+        try:
+            why = _diagnose(p)
+        except Exception:
+            why = "the file is corrupt, truncated or not a checkpoint"
+        detail = str(e).splitlines()[0][:160] if str(e) else ""
+        if "Weights only load failed" in detail or "failed finding central directory" in detail:
+            detail = ""  # torch's advice to retry with weights_only=False does not apply
+        raise WeightsError(f"cannot load weights from {p}: {why}"
+                           + (f" [{type(e).__name__}: {detail}]" if detail else "")) from None
+    if not isinstance(sd, dict):
+        raise WeightsError(f"{p} does not contain a state dict of tensors (it holds a {type(sd).__name__})")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsError(f"{p} does not contain a state dict of tensors: {len(bad)} entries are not tensors, "
+                           f"e.g. {bad[:3]} ({', '.join(sorted({repr(sd[k])[:60] for k in bad[:3]}))})")
     return sd, meta
 
 

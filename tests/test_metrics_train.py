@@ -34,7 +34,7 @@ def test_unavailable_metric_is_skipped_with_reason(monkeypatch):
     monkeypatch.setattr(pyiqa, "create_metric", offline)
     monkeypatch.setattr(metrics, "_cache", {})
     monkeypatch.setattr(metrics, "_failed", {})
-    scores, notes = metrics.compute_metrics(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), ("lpips",))
+    scores, notes = metrics.compute_metrics(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), ("lpips",))
     assert scores["lpips"] is None and "LPIPS skipped" in notes[0] and "could not download" in notes[0]
 
 

@@ -16,6 +16,24 @@ from ...operators import Inpainting
 from ...registry import register_method
 from ...weights import ModelCard, load_state_dict, load_strict
 
+
+def pad_symmetric(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad bottom/right to multiples of ``multiple`` as numpy's ``np.pad(mode="symmetric")`` (edge repeated,
+    any pad width), which the official LaMa / DiffIR-inpainting predict path uses."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+
+    def index(n, p):
+        i = torch.arange(n + p, device=x.device) % (2 * n)
+        return torch.where(i < n, i, 2 * n - 1 - i)
+
+    if ph:
+        x = x.index_select(-2, index(h, ph))
+    if pw:
+        x = x.index_select(-1, index(w, pw))
+    return x
+
+
 def convert_checkpoint(sd: dict) -> dict:
     """Official checkpoints -> DiffIRS2 state dict.
 
@@ -143,11 +161,12 @@ class DiffIR(Restorer):
         if task == "inpaint":
             if not isinstance(operator, Inpainting):
                 raise TaskError("DiffIR inpainting needs the mask: operator=Inpainting(mask) (1 = known pixel)")
-            missing = 1.0 - operator.mask.to(y)[:, :1].expand(y.shape[0], 1, h, w)
+            # official predict.py: mask = (mask > 0), with mask = 1 - known here
+            missing = ((1.0 - operator.mask.to(y)[:, :1]) > 0).to(y).expand(y.shape[0], 1, h, w)
             net_in = torch.cat([y * (1 - missing), missing], dim=1)
+            net_in = pad_symmetric(net_in, self.config.size_multiple)  # LaMa's pad_img_to_modulo
         else:
-            net_in = y
-        net_in, _ = pad_to_multiple(net_in, self.config.size_multiple)  # reflect, as upstream's pad_test
+            net_in, _ = pad_to_multiple(y, self.config.size_multiple)  # reflect, as upstream's pad_test
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         out = self.net(net_in, generator=gen, official_rng=run.official_rng)[..., : h * sf, : w * sf]
         if progress is not None:
