@@ -1,16 +1,15 @@
 """Official DiffBIR / Stable Diffusion checkpoints (ldm naming) -> diffusers modules.
 
 The key mapping itself is diffusers' (``diffusers.loaders.single_file_utils``):
-``convert_controlnet_checkpoint`` for the IRControlNet (v1 ``control_model.*``
-inside a full ControlLDM checkpoint, v2 / v2.1 stand-alone ControlNet state
-dicts), ``convert_ldm_unet_checkpoint`` / ``convert_ldm_vae_checkpoint`` /
-``convert_open_clip_checkpoint`` for SD 2.1-base. :func:`controlnet_to_ldm` and
+``convert_controlnet_checkpoint`` for the IRControlNet (stand-alone ControlNet
+state dicts, or ``control_model.*`` only), ``convert_ldm_unet_checkpoint`` /
+``convert_ldm_vae_checkpoint`` for SD 2.1-base; the OpenCLIP text tower is
+mapped by :mod:`.text` (transformers 5 naming). :func:`controlnet_to_ldm` and
 :func:`unet_to_ldm` / :func:`vae_to_ldm` are the inverses (export, and the round-trip tests).
 """
 
 from __future__ import annotations
 
-import torch
 
 # Stable Diffusion 2.1-base as diffusers configures it (stabilityai/stable-diffusion-2-1-base)
 SD21_UNET = dict(sample_size=64, in_channels=4, out_channels=4,
@@ -139,8 +138,9 @@ def vae_to_ldm(sd: dict, config: dict) -> dict:
 def sd_from_ldm(ckpt: dict, unet_config: dict | None = None, vae_config: dict | None = None,
                 text_encoder=None) -> tuple[dict, dict, dict | None]:
     """(UNet, VAE, text encoder) diffusers state dicts from an SD 2.x ldm checkpoint (``v2-1_512-ema-pruned.ckpt``)."""
-    from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
-                                                     convert_open_clip_checkpoint)
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    from .text import openclip_text_to_transformers
 
     unet = convert_ldm_unet_checkpoint(ckpt, dict(unet_config or SD21_UNET))
     vae = {}
@@ -148,6 +148,5 @@ def sd_from_ldm(ckpt: dict, unet_config: dict | None = None, vae_config: dict | 
         vae = convert_ldm_vae_checkpoint(ckpt, dict(vae_config or SD21_VAE))
     text = None
     if text_encoder is not None and any(k.startswith("cond_stage_model.model.") for k in ckpt):
-        text = convert_open_clip_checkpoint(text_encoder, ckpt)
-        text = text.state_dict() if isinstance(text, torch.nn.Module) else text
+        text = openclip_text_to_transformers(ckpt, text_encoder, "the checkpoint")[0]
     return unet, vae, text

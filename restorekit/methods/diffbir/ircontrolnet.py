@@ -31,7 +31,7 @@ class IRControlNet(ControlNetModel):
                                conditioning_scale=conditioning_scale, return_dict=return_dict, **kwargs)
 
     @classmethod
-    def from_unet_config(cls, unet: UNet2DConditionModel, cond_channels: int = 4) -> "IRControlNet":
+    def from_unet_config(cls, unet: UNet2DConditionModel, cond_channels: int = 4) -> IRControlNet:
         """An IRControlNet shaped like ``unet`` (DiffBIR initialises it from the UNet's weights)."""
         c = unet.config
         net = cls(in_channels=c.in_channels + cond_channels, down_block_types=c.down_block_types,

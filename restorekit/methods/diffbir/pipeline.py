@@ -1,19 +1,18 @@
-"""DiffBIR stage 2 on diffusers: IRControlNet-guided Stable Diffusion sampling.
+"""DiffBIR's inference pipeline (``inference.py`` + ``diffbir/pipeline.py``) on diffusers modules.
 
-* Condition: ``c = VAE.encode(2 * stage1 - 1).mode() * 0.18215`` (image padded to a multiple of 64).
-* Schedule: diffusers ``DDPMScheduler`` with SD's betas (scaled_linear 0.00085..0.012, 1000 steps) and
-  ``linspace`` spacing -- the timesteps of DiffBIR's spaced sampler -- epsilon prediction for v1/v2;
-  v2.1 uses zero-terminal-SNR rescaled betas and v-prediction. The DDPM posterior step is written out
-  here (and checked against ``DDPMScheduler.step``) because restoration guidance edits x0 inside it.
-* Classifier-free guidance with the official prompts; control scale ``strength`` on all 13 residuals.
-* Restoration guidance (DiffBIR paper, Sec. 3.3): within ``stop < t+1 < start``, x0 moves along
-  ``-d/dx0 L`` scaled by ``3000 * scale / posterior_mean_coef1``, ``repeat`` times, where ``L`` is the
-  MSE or the region-adaptive weighted MSE ``mean(W (D(x0) - target)^2)`` with
-  ``W = 1 - tanh(2x2 block sums of the Sobel magnitude of the stage-1 image)``; in RGB space the
-  gradient goes through the VAE decoder, in latent space ``W`` is averaged down to the latent grid.
-* Tiling: latent tiles with Gaussian blending for the diffusion model, diffusers' tiled VAE, and
-  overlapping stage-1 tiles, so large images need bounded memory.
-* Wavelet colour fix: the result keeps its high frequencies and takes the stage-1 image's low ones.
+Per image, as the official ``Pipeline.run`` with the task loop's pre-resize:
+
+* same-size stage-1 models (SwinIR, SCUNet) get the LQ image resized by ``upscale`` first (PIL bicubic on
+  8-bit images, as the official loops' ``after_load_lq``); BSRNet upscales x4 itself, then the result is
+  resized to ``upscale`` x the LQ size;
+* a short edge below 512 is resized to 512 (bicubic, antialiased) before stage 2 and the result resized back;
+* SwinIR's input is zero-padded to a multiple of 64 and cropped after;
+* stage 2: the condition is zero-padded to a multiple of 64 (8 with tiled VAE encoding or tiled sampling),
+  ``c = VAE.encode(2 c - 1).mode() * 0.18215``; start point ``noise`` or ``cond``
+  (``q_sample(c, T - 1)``), optional ``noise_aug`` on c; control scales ``[strength] * 13``; then one of
+  the official samplers (:mod:`restorekit.samplers`) with classifier-free guidance;
+* wavelet colour fix of ``(x + 1) / 2`` against the stage-1 image (no clamp before), resize to the output
+  size, ``(x * 255).clamp(0, 255)`` truncated to 8 bits.
 """
 
 from __future__ import annotations
@@ -32,37 +31,59 @@ V21_POS_PROMPT = ("Cinematic, High Contrast, highly detailed, taken using a Cano
 V21_NEG_PROMPT = ("painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, 3D render, "
                   "unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, "
                   "jpeg artifacts, deformed, lowres, over-smooth.")
+LATENT_SCALE = 0.18215
 
 
 @dataclass
 class DiffBIRSettings:
-    version: str = "v2"  # "v1" | "v2" | "v2.1"
-    steps: int = 50
-    cfg_scale: float = 4.0
-    pos_prompt: str = ""
-    neg_prompt: str = V2_NEG_PROMPT
+    """Options of the official ``inference.py`` under their official names (defaults: v2.1's argparse defaults;
+    v1 / v2: the README's paper settings, ``spaced`` 50 steps, CFG 4, empty positive prompt)."""
+
+    version: str = "v2.1"
+    sampler: str = "edm_dpm++_3m_sde"
+    steps: int = 10
+    start_point_type: str = "noise"  # "noise" | "cond" | "low_freq" (v2's --better_start, an earlier release)
+    cleaner_tiled: bool = False
+    cleaner_tile_size: int = 512
+    cleaner_tile_stride: int = 256
+    vae_encoder_tiled: bool = False
+    vae_encoder_tile_size: int = 256
+    vae_decoder_tiled: bool = False
+    vae_decoder_tile_size: int = 256
+    cldm_tiled: bool = False
+    cldm_tile_size: int = 512
+    cldm_tile_stride: int = 256
+    captioner: str = "none"
+    pos_prompt: str = V21_POS_PROMPT
+    neg_prompt: str = V21_NEG_PROMPT
+    cfg_scale: float = 6.0
+    rescale_cfg: bool = False
+    noise_aug: int = 0
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 300.0
+    s_noise: float = 1.0
+    eta: float = 1.0
+    order: int = 1
     strength: float = 1.0
-    start_point: str = "noise"  # "noise" | "cond" (v2.1: noised condition latent) | "low_freq" (v2's --better_start)
-    guidance_scale: float = 0.0  # 0 = off (official default)
-    guidance_loss: str = "w_mse"  # "mse" | "w_mse"
-    guidance_space: str = "latent"  # "latent" | "rgb"
-    guidance_start: int = 1001
-    guidance_stop: int = -1
-    guidance_repeat: int = 1
-    color_fix: str = "wavelet"  # "wavelet" | "none"
-    tiled: bool = False
-    tile_size: int = 512  # pixels (diffusion tiles are tile_size // 8 latents)
-    tile_stride: int = 256
-    vae_tile_size: int = 256
-    stage1_tile_size: int = 512
-    stage1_tile_stride: int = 256
+    batch_size: int = 1
+    n_samples: int = 1
+    guidance: bool = False
+    g_loss: str = "w_mse"  # "mse" | "w_mse"
+    g_scale: float = 0.0
+    g_start: int = 1001
+    g_stop: int = -1
+    g_space: str = "latent"  # "latent" | "rgb"
+    g_repeat: int = 1
+    color_fix: str = "wavelet"  # "wavelet" | "none" (restorekit: "none" skips the colour fix)
 
     @classmethod
-    def for_version(cls, version: str, **kw) -> "DiffBIRSettings":
-        if version == "v2.1":
-            base = dict(version="v2.1", cfg_scale=6.0, pos_prompt=V21_POS_PROMPT, neg_prompt=V21_NEG_PROMPT)
-        elif version in ("v1", "v2"):
-            base = dict(version=version)
+    def for_version(cls, version: str, **kw) -> DiffBIRSettings:
+        if version in ("v1", "v2"):
+            base = dict(version=version, sampler="spaced", steps=50, cfg_scale=4.0, pos_prompt="",
+                        neg_prompt=V2_NEG_PROMPT)
+        elif version == "v2.1":
+            base = dict(version="v2.1")
         else:
             raise ValueError(f"unknown DiffBIR version {version!r}")
         base.update({k: v for k, v in kw.items() if v is not None})
@@ -72,108 +93,105 @@ class DiffBIRSettings:
         return asdict(self)
 
 
-def make_scheduler(version: str):
-    from diffusers import DDPMScheduler
+def diffusion_schedule(version: str) -> tuple[np.ndarray, str]:
+    """(training betas float64, parameterization) of ``configs/inference/diffusion[_v2.1].yaml``."""
+    from ...samplers import diffbir_betas
 
     v21 = version == "v2.1"
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         prediction_type="v_prediction" if v21 else "epsilon", rescale_betas_zero_snr=v21,
-                         timestep_spacing="linspace", clip_sample=False, variance_type="fixed_small")
+    return diffbir_betas(zero_snr=v21), ("v" if v21 else "eps")
 
 
-# ----------------------------------------------------------------------------- guidance
+def q_sample(x0: torch.Tensor, t: int, noise: torch.Tensor, betas: np.ndarray) -> torch.Tensor:
+    """``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` with the coefficients rounded to float32 (official buffers)."""
+    ac = np.cumprod(1.0 - betas)
+    a = torch.tensor(np.sqrt(ac), dtype=torch.float32)[t].item()
+    b = torch.tensor(np.sqrt(1.0 - ac), dtype=torch.float32)[t].item()
+    return torch.tensor(a, dtype=torch.float32) * x0 + torch.tensor(b, dtype=torch.float32) * noise
 
 
-def sobel_weight(img01: torch.Tensor) -> torch.Tensor:
-    """Region-adaptive weight W = 1 - tanh(2x2 block sum of the Sobel gradient magnitude) of an RGB image in [0, 1]."""
-    gray = (img01 * torch.tensor([0.2989, 0.5870, 0.1140], device=img01.device, dtype=img01.dtype).view(1, 3, 1, 1)
-            ).sum(1, keepdim=True)
-    gx = torch.tensor([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=img01.dtype, device=img01.device)
-    k = torch.stack([gx, gx.T])[:, None]
-    g = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), k)
-    mag = g.pow(2).sum(1, keepdim=True).sqrt()
-    block = F.avg_pool2d(mag, 2) * 4  # 2x2 block sums
-    return 1 - torch.tanh(F.interpolate(block, scale_factor=2, mode="nearest"))
+# ----------------------------------------------------------------------------- resizing and padding
 
 
-class RestorationGuidance:
-    def __init__(self, settings: DiffBIRSettings, target01: torch.Tensor, vae, scaling: float,
-                 generator: torch.Generator | None):
-        s = settings
-        self.scale = s.guidance_scale * 3000
-        self.start, self.stop, self.repeat = s.guidance_start, s.guidance_stop, s.guidance_repeat
-        self.space, self.loss = s.guidance_space, s.guidance_loss
-        self.vae, self.scaling = vae, scaling
-        self.target = target01 * 2 - 1
-        self.weight = sobel_weight(target01) if s.guidance_loss == "w_mse" else torch.ones_like(target01[:, :1])
-        if self.space == "latent":
-            with torch.no_grad():
-                dist = vae.encode(self.target.to(vae.dtype)).latent_dist
-                self.target_latent = dist.sample(generator=generator).float() * scaling
-            self.latent_weight = F.avg_pool2d(self.weight, 8)
-        self.last_loss = None
+def resize_short_edge_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bicubic (antialiased) resize so that the short edge is ``size``; the long edge is ``int(long * size / short)``."""
+    h, w = x.shape[-2:]
+    if h == w:
+        oh, ow = size, size
+    elif h < w:
+        oh, ow = size, int(w * (size / h))
+    else:
+        oh, ow = int(h * (size / w)), size
+    return F.interpolate(x, size=(oh, ow), mode="bicubic", antialias=True)
 
-    def active(self, t: int) -> bool:
-        return self.scale > 0 and self.stop < t + 1 < self.start
 
-    def weighted_mse(self, pred, target, w):
-        return ((pred - target).pow(2) * w).mean((1, 2, 3)).sum()
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad bottom / right to a multiple of ``multiple``."""
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple), mode="constant", value=0)
 
-    def __call__(self, x0: torch.Tensor, coef1: float) -> torch.Tensor:
-        losses = []
-        for _ in range(self.repeat):
-            with torch.enable_grad():
-                z = x0.detach().clone().requires_grad_(True)
-                if self.space == "latent":
-                    loss = self.weighted_mse(z, self.target_latent, self.latent_weight)
-                else:
-                    img = self.vae.decode((z / self.scaling).to(self.vae.dtype)).sample.float()
-                    loss = self.weighted_mse(img, self.target, self.weight)
-                grad = torch.autograd.grad(loss, z)[0]
-            losses.append(loss.item())
-            x0 = x0 - grad * self.scale / coef1
-        self.last_loss = float(np.mean(losses))
-        return x0
+
+def pil_bicubic_resize(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Resize (b,3,h,w) in [0,1] to ``int(w * factor) x int(h * factor)`` with PIL's bicubic filter, as the
+    official loops resize the LQ image. 8-bit images (values k/255) are resized as 8-bit RGB, like upstream;
+    other images per channel in float ("F") mode."""
+    from PIL import Image
+
+    h, w = x.shape[-2:]
+    size = (int(w * factor), int(h * factor))
+    if size == (w, h):
+        return x
+    arr = x.detach().float().cpu().numpy()
+    out = []
+    is8 = np.allclose(arr * 255, np.round(arr * 255), atol=1e-4)
+    for img in arr:
+        if is8:
+            u8 = np.clip(np.round(img * 255), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+            r = np.asarray(Image.fromarray(u8).resize(size, Image.BICUBIC)).astype(np.float32) / 255
+            out.append(r.transpose(2, 0, 1))
+        else:
+            out.append(np.stack([np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize(size, Image.BICUBIC))
+                                 for c in img]).clip(0, 1))
+    return torch.from_numpy(np.stack(out)).to(x.device, x.dtype)
 
 
 # ----------------------------------------------------------------------------- tiling
 
 
 def sliding_windows(h: int, w: int, tile: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """Tiles covering an h x w grid; the last row/column is shifted in to end at the border."""
-    tile_h, tile_w = min(tile, h), min(tile, w)
-    his = list(range(0, h - tile_h + 1, stride))
-    if his[-1] != h - tile_h:
-        his.append(h - tile_h)
-    wis = list(range(0, w - tile_w + 1, stride))
-    if wis[-1] != w - tile_w:
-        wis.append(w - tile_w)
-    return [(a, a + tile_h, b, b + tile_w) for a in his for b in wis]
+    """Tiles of ``tile`` x ``tile`` every ``stride``, plus a last row / column ending at the border (h, w >= tile)."""
+    his = list(range(0, h - tile + 1, stride))
+    if (h - tile) % stride:
+        his.append(h - tile)
+    wis = list(range(0, w - tile + 1, stride))
+    if (w - tile) % stride:
+        wis.append(w - tile)
+    return [(a, a + tile, b, b + tile) for a in his for b in wis]
 
 
-def gaussian_weights(h: int, w: int, var: float = 0.01) -> torch.Tensor:
-    """Tile blending weights (a Gaussian over the tile, variance ``var`` in tile-size units)."""
-    ys = torch.exp(-((torch.arange(h) - (h - 1) / 2) / h) ** 2 / (2 * var))
-    xs = torch.exp(-((torch.arange(w) - (w - 1) / 2) / w) ** 2 / (2 * var))
+def gaussian_weights(size: int) -> torch.Tensor:
+    """DiffBIR's tile weights (float64): outer product of Gaussians (variance 0.01 in tile units) centred at
+    ``size / 2`` vertically and ``(size - 1) / 2`` horizontally, each scaled by ``1 / sqrt(2 pi 0.01)``."""
+    var = 0.01
+    idx = torch.arange(size, dtype=torch.float64)
+    norm = math.sqrt(2 * math.pi * var)
+    xs = torch.exp(-(idx - (size - 1) / 2) ** 2 / (size * size) / (2 * var)) / norm
+    ys = torch.exp(-(idx - size / 2) ** 2 / (size * size) / (2 * var)) / norm
     return ys[:, None] * xs[None]
 
 
-def tiled_apply(fn, x: torch.Tensor, tile: int, stride: int, sf: int = 1, extra: tuple = ()) -> torch.Tensor:
-    """Run ``fn(x_tile, *extra_tiles)`` on overlapping tiles and blend the outputs with Gaussian weights.
-
-    ``extra`` tensors share x's grid and are tiled the same way; ``sf`` is fn's upscaling factor.
-    """
-    h, w = x.shape[-2:]
-    out = weight = None
-    for hi, he, wi, we in sliding_windows(h, w, tile, stride):
-        y = fn(x[..., hi:he, wi:we], *(e[..., hi:he, wi:we] for e in extra))
-        if out is None:
-            out = torch.zeros(*y.shape[:-2], h * sf, w * sf, dtype=y.dtype, device=y.device)
-            weight = torch.zeros(h * sf, w * sf, dtype=y.dtype, device=y.device)
-        g = gaussian_weights(y.shape[-2], y.shape[-1]).to(y)
-        out[..., hi * sf:he * sf, wi * sf:we * sf] += y * g
-        weight[hi * sf:he * sf, wi * sf:we * sf] += g
-    return out / weight
+def tiled_call(fn, x: torch.Tensor, size: int, stride: int, scale: int = 1, out_channels: int | None = None):
+    """Apply ``fn(tile, (hi, hi_end, wi, wi_end))`` on ``size`` tiles of x every ``stride`` and blend the
+    (``scale`` x larger) outputs with :func:`gaussian_weights`; the accumulator has x's dtype, the weight sum
+    is float32."""
+    b, c, h, w = x.shape
+    out = torch.zeros(b, out_channels or c, h * scale, w * scale, dtype=x.dtype, device=x.device)
+    count = torch.zeros_like(out, dtype=torch.float32)
+    weights = gaussian_weights(size * scale)[None, None].to(x.device, x.dtype)
+    for hi, he, wi, we in sliding_windows(h, w, size, stride):
+        y = fn(x[..., hi:he, wi:we], (hi, he, wi, we))
+        out[..., hi * scale:he * scale, wi * scale:we * scale] += y * weights
+        count[..., hi * scale:he * scale, wi * scale:we * scale] += weights
+    return out / count
 
 
 # ----------------------------------------------------------------------------- colour fix
@@ -200,137 +218,243 @@ def wavelet_color_fix(content: torch.Tensor, style: torch.Tensor) -> torch.Tenso
     return wavelet_decompose(content)[0] + wavelet_decompose(style)[1]
 
 
+# ----------------------------------------------------------------------------- restoration guidance
+
+
+def sobel_weight(img01: torch.Tensor) -> torch.Tensor:
+    """Region-adaptive weight W = 1 - tanh(2x2 block sum of the Sobel gradient magnitude) of an RGB image in [0, 1]."""
+    gray = (img01 * torch.tensor([0.2989, 0.5870, 0.1140], device=img01.device, dtype=img01.dtype).view(1, 3, 1, 1)
+            ).sum(1, keepdim=True)
+    gx = torch.tensor([[1, 0, -1], [2, 0, -2], [1, 0, -1]], dtype=img01.dtype, device=img01.device)
+    k = torch.stack([gx, gx.T])[:, None]
+    g = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode="replicate"), k)
+    mag = g.pow(2).sum(1, keepdim=True).sqrt()
+    block = F.avg_pool2d(mag, 2) * 4  # 2x2 block sums
+    return 1 - torch.tanh(F.interpolate(block, scale_factor=2, mode="nearest"))
+
+
+class RestorationGuidance:
+    """The spaced sampler's ``cond_fn`` (DiffBIR v2's ``apply_cond_fn``): within ``g_stop < t + 1 < g_start``,
+    ``g_repeat`` times, x0 += -d/dx0 L * 3000 g_scale / posterior_mean_coef1[index]. L is the (weighted) MSE
+    against the stage-1 image: in latent space against ``VAE.encode(target).sample() * 0.18215``, drawn anew
+    at every application (W averaged down to the latent grid), in RGB space through the VAE decoder."""
+
+    def __init__(self, s: DiffBIRSettings, target01: torch.Tensor, pipe: DiffBIRPipeline, coef1: np.ndarray,
+                 generator: torch.Generator | None):
+        self.scale = s.g_scale * 3000
+        self.start, self.stop, self.repeat = s.g_start, s.g_stop, s.g_repeat
+        self.space, self.loss = s.g_space, s.g_loss
+        self.pipe, self.coef1, self.generator = pipe, coef1, generator
+        self.target = target01 * 2 - 1
+        self.weight = sobel_weight(target01) if s.g_loss == "w_mse" else torch.ones_like(target01[:, :1])
+        self.latent_weight = F.avg_pool2d(self.weight, 8)
+        self.last_loss = None
+
+    def target_latent(self) -> torch.Tensor:
+        return self.pipe.vae_encode(self.target, sample=True, generator=self.generator)
+
+    @staticmethod
+    def weighted_mse(pred, target, w):
+        return ((pred - target).pow(2) * w).mean((1, 2, 3)).sum()
+
+    def __call__(self, x0: torch.Tensor, t: int, index: int) -> torch.Tensor:
+        if not (self.scale > 0 and self.stop < t + 1 < self.start):
+            return x0
+        rescale = 1 / torch.tensor(self.coef1[index], dtype=torch.float32, device=x0.device)  # float32 buffer
+        losses = []
+        for _ in range(self.repeat):
+            with torch.enable_grad():
+                z = x0.detach().clone().requires_grad_(True)
+                if self.space == "latent":
+                    loss = self.weighted_mse(z, self.target_latent().detach(), self.latent_weight)
+                else:
+                    img = self.pipe.vae_decode(z)
+                    loss = self.weighted_mse(img.float(), self.target, self.weight)
+                grad = torch.autograd.grad(loss, z)[0]
+            losses.append(loss.item())
+            x0 = x0 + (-grad * self.scale) * rescale
+        self.last_loss = float(np.mean(losses))
+        return x0
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+
+def apply_cleaner(cleaner, kind: str, lq: torch.Tensor, s: DiffBIRSettings,
+                  output_size: tuple[int, int]) -> torch.Tensor:
+    """The official ``apply_cleaner`` of BSRNetPipeline / SwinIRPipeline / SCUNetPipeline (kind "bsrnet" /
+    "swinir" / "scunet"); ``cleaner`` None is the identity (a same-size stage 1 that does nothing)."""
+    net = (lambda x: cleaner(x).float()) if cleaner is not None else (lambda x: x)  # resizes run in float32
+    tiled = s.cleaner_tiled and not (lq.shape[2] < s.cleaner_tile_size or lq.shape[3] < s.cleaner_tile_size)
+    scale = 4 if kind == "bsrnet" else 1
+    if kind == "swinir" and tiled and s.cleaner_tile_size % 64:
+        from ...errors import TaskError
+
+        raise TaskError("SwinIR (cleaner) tile size must be a multiple of 64")
+    if kind == "swinir" and not tiled:
+        if min(lq.shape[2:]) < 512:
+            lq = resize_short_edge_to(lq, 512)
+        h0, w0 = lq.shape[2:]
+        return net(pad_to_multiple(lq, 64))[:, :, :h0, :w0]
+    if tiled:
+        out = tiled_call(lambda t, _: net(t), lq, s.cleaner_tile_size, s.cleaner_tile_stride, scale)
+    else:
+        out = net(lq)
+    if kind == "bsrnet":
+        if min(output_size) < 512:
+            return resize_short_edge_to(out, 512)
+        return F.interpolate(out, size=output_size, mode="bicubic", antialias=True)
+    if min(out.shape[2:]) < 512:
+        out = resize_short_edge_to(out, 512)
+    return out
+
+
 # ----------------------------------------------------------------------------- the pipeline
 
 
 class DiffBIRPipeline:
-    def __init__(self, unet, controlnet, vae, encode_prompt, stage1=None, stage1_sf: int = 4, device=None):
+    """UNet + IRControlNet + VAE + prompt encoder; :meth:`run` is the official ``Pipeline.run``."""
+
+    def __init__(self, unet, controlnet, vae, encode_prompt, device=None, dtype: torch.dtype = torch.float32):
         self.unet, self.controlnet, self.vae = unet, controlnet, vae
         self.encode_prompt = encode_prompt  # list[str] -> (N, 77, D)
-        self.stage1, self.stage1_sf = stage1, stage1_sf
         self.device = torch.device(device or "cpu")
-        self.scaling = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self.dtype = dtype
+        self.scaling = LATENT_SCALE
 
-    # -- pieces -------------------------------------------------------------------------
-    def run_stage1(self, lq: torch.Tensor, s: DiffBIRSettings, out_size: tuple[int, int]) -> torch.Tensor:
-        """BSRNet-like models (stage1_sf > 1) upscale the LQ image themselves; same-size models (SwinIR,
-        SCUNet in DiffBIR) get it bicubic-resized to the output size first."""
-        if self.stage1_sf == 1 and tuple(lq.shape[-2:]) != tuple(out_size):
-            lq = F.interpolate(lq, size=out_size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        if self.stage1 is None:
-            clean = lq
-        elif s.tiled and max(lq.shape[-2:]) > s.stage1_tile_size:
-            clean = tiled_apply(self.stage1, lq, s.stage1_tile_size, s.stage1_tile_stride, self.stage1_sf)
-        else:
-            clean = self.stage1(lq)
-        if tuple(clean.shape[-2:]) != tuple(out_size):
-            clean = F.interpolate(clean, size=out_size, mode="bicubic", antialias=True, align_corners=False)
-        return clean.clamp(0, 1)
-
-    def _vae_tiling(self, on: bool, tile: int):
+    # -- VAE ----------------------------------------------------------------------------
+    def _vae_tiling(self, on: bool, tile: int, latent: bool):
         if on and hasattr(self.vae, "enable_tiling"):
             self.vae.enable_tiling()
-            self.vae.tile_sample_min_size = tile
-            self.vae.tile_latent_min_size = tile // 8
+            self.vae.tile_sample_min_size = tile * 8 if latent else tile
+            self.vae.tile_latent_min_size = tile if latent else tile // 8
         elif hasattr(self.vae, "disable_tiling"):
             self.vae.disable_tiling()
 
-    def encode(self, img01: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode((img01 * 2 - 1).to(self.vae.dtype)).latent_dist.mode().float() * self.scaling
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return ((self.vae.decode((z / self.scaling).to(self.vae.dtype)).sample.float() + 1) / 2)
-
-    def model_output(self, x, t, text, cond, strength):
-        down, mid = self.controlnet(x, t, text, cond, conditioning_scale=strength, return_dict=False)
-        return self.unet(x, t, encoder_hidden_states=text, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid).sample
-
-    def guided_output(self, x, t, s: DiffBIRSettings, texts, cond):
-        if s.cfg_scale == 1.0 or texts[1] is None:
-            return self.model_output(x, t, texts[0], cond, s.strength)
-        c = self.model_output(x, t, texts[0], cond, s.strength)
-        u = self.model_output(x, t, texts[1], cond, s.strength)
-        return u + s.cfg_scale * (c - u)
-
-    # -- sampling -----------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, clean: torch.Tensor, s: DiffBIRSettings, generator: torch.Generator, progress=None,
-               guidance: RestorationGuidance | None = None) -> torch.Tensor:
-        """Stage 2 on a stage-1 image in [0, 1] (size a multiple of 64); returns the latent."""
-        sched = make_scheduler(s.version)
-        sched.set_timesteps(s.steps)
-        ac = sched.alphas_cumprod.double()
-        v_pred = sched.config.prediction_type == "v_prediction"
-        self._vae_tiling(s.tiled, s.vae_tile_size)
-        cond = self.encode(clean)
-        texts = (self.encode_prompt([s.pos_prompt] * clean.shape[0]),
-                 self.encode_prompt([s.neg_prompt] * clean.shape[0]) if s.cfg_scale != 1.0 else None)
-        shape = cond.shape
-
-        def randn():
-            return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
-
-        if s.start_point in ("cond", "low_freq"):
-            if s.start_point == "cond":
-                x0 = cond
-            else:  # VAE sample of the stage-1 image's low-frequency band
-                low = wavelet_decompose(clean)[1]
-                x0 = self.vae.encode((low * 2 - 1).to(self.vae.dtype)).latent_dist.sample(generator=generator)
-                x0 = x0.float().to(self.device) * self.scaling
-            x = ac[-1].sqrt().item() * x0 + (1 - ac[-1]).sqrt().item() * randn()
-        elif s.start_point == "noise":
-            x = randn()
+    def vae_encode(self, img: torch.Tensor, sample: bool, generator=None, tiled: bool = False, tile_size: int = 256):
+        """``VAE.encode(img).sample()`` (drawn from ``generator``) or ``.mode()``, times 0.18215."""
+        self._vae_tiling(tiled, tile_size, latent=False)
+        dist = self.vae.encode(img.to(self.vae.dtype)).latent_dist
+        if sample:
+            noise = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32,
+                                device=generator.device if generator is not None else dist.mean.device)
+            z = dist.mean + dist.std * noise.to(dist.mean.device, dist.mean.dtype)
         else:
-            raise ValueError(f"unknown start_point {s.start_point!r}; use noise, cond or low_freq")
-        ts = [int(t) for t in sched.timesteps]
-        for i, t in enumerate(ts):
-            prev = ts[i + 1] if i + 1 < len(ts) else -1
-            tt = torch.full((x.shape[0],), t, device=self.device, dtype=torch.long)
-            if s.tiled and max(x.shape[-2:]) > s.tile_size // 8:
-                out = tiled_apply(lambda xt, ct: self.guided_output(xt, tt, s, texts, ct), x, s.tile_size // 8,
-                                  s.tile_stride // 8, extra=(cond,))
-            else:
-                out = self.guided_output(x, tt, s, texts, cond)
-            x = self.ddpm_step(out, t, prev, x, ac, v_pred, randn, guidance)
-            if progress is not None:
-                progress(i, len(ts), t)
-        return x
+            z = dist.mode()
+        return z * self.scaling
 
-    @staticmethod
-    def ddpm_step(out, t: int, prev: int, x, ac, v_pred: bool, randn, guidance=None):
-        """One DDPM posterior step from t to prev (prev = -1: the last step, no noise)."""
-        ab_t = ac[t].item()
-        ab_prev = ac[prev].item() if prev >= 0 else 1.0
-        beta = 1 - ab_t / ab_prev
-        if v_pred:
-            x0 = math.sqrt(ab_t) * x - math.sqrt(1 - ab_t) * out
+    def vae_decode(self, z: torch.Tensor, tiled: bool = False, tile_size: int = 32) -> torch.Tensor:
+        self._vae_tiling(tiled, tile_size, latent=True)
+        return self.vae.decode((z / self.scaling).to(self.vae.dtype)).sample
+
+    # -- the model --------------------------------------------------------------------------
+    def control_forward(self, x, t, cond: dict, strength: float) -> torch.Tensor:
+        """ControlLDM.forward: IRControlNet residuals (times ``strength``) into the UNet."""
+        dt = self.unet.dtype
+        text, c = cond["c_txt"].to(dt), cond["c_img"].to(dt)
+        down, mid = self.controlnet(x.to(dt), t, text, c, conditioning_scale=strength, return_dict=False)
+        out = self.unet(x.to(dt), t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid).sample
+        return out.to(x.dtype)
+
+    def make_model_fn(self, s: DiffBIRSettings, tiled: bool):
+        def model_fn(x, t, cond):
+            if not tiled:
+                return self.control_forward(x, t, cond, s.strength)
+
+            def tile_fn(xt, box):
+                hi, he, wi, we = box
+                return self.control_forward(xt, t, {"c_txt": cond["c_txt"], "c_img": cond["c_img"][..., hi:he, wi:we]},
+                                            s.strength)
+
+            return tiled_call(tile_fn, x, s.cldm_tile_size // 8, s.cldm_tile_stride // 8)
+        return model_fn
+
+    # -- stage 2 ------------------------------------------------------------------------------
+    def apply_cldm(self, cond_img: torch.Tensor, s: DiffBIRSettings, generator: torch.Generator, progress=None,
+                   pos_prompt: str | None = None) -> torch.Tensor:
+        """Stage 2 on the stage-1 image (b,3,h,w) in [0,1]; returns the decoded image in [-1, 1] (unclamped)."""
+        from ...errors import TaskError
+        from ...samplers import SpacedSchedule, randn, sample
+
+        bs, _, h0, w0 = cond_img.shape
+        if not s.vae_encoder_tiled and not s.cldm_tiled:
+            cond_img = pad_to_multiple(cond_img, 64)
         else:
-            x0 = (x - math.sqrt(1 - ab_t) * out) / math.sqrt(ab_t)
-        coef1 = beta * math.sqrt(ab_prev) / (1 - ab_t)
-        coef2 = (1 - ab_prev) * math.sqrt(1 - beta) / (1 - ab_t)
-        if guidance is not None and guidance.active(t):
-            x0 = guidance(x0, coef1)
-        mean = coef1 * x0 + coef2 * x
-        if prev < 0:
-            return mean
-        var = max((1 - ab_prev) / (1 - ab_t) * beta, 1e-20)
-        return mean + math.sqrt(var) * randn()
+            cond_img = pad_to_multiple(cond_img, 8)
+        enc_tiled = s.vae_encoder_tiled and not (cond_img.shape[2] < s.vae_encoder_tile_size
+                                                 or cond_img.shape[3] < s.vae_encoder_tile_size)
+        if enc_tiled and s.vae_encoder_tile_size % 8:
+            raise TaskError("VAE encoder tile size must be a multiple of 8")
+        pos = s.pos_prompt if pos_prompt is None else pos_prompt
+        c_img = self.vae_encode(cond_img * 2 - 1, sample=False, tiled=enc_tiled, tile_size=s.vae_encoder_tile_size)
+        cond = {"c_txt": self.encode_prompt([pos] * bs), "c_img": c_img}
+        uncond = {"c_txt": self.encode_prompt([s.neg_prompt] * bs), "c_img": c_img}
+        h1, w1 = c_img.shape[2:]
+        cldm_tiled = s.cldm_tiled and not (h1 < s.cldm_tile_size // 8 or w1 < s.cldm_tile_size // 8)
+        if not cldm_tiled:
+            cond["c_img"] = uncond["c_img"] = pad_to_multiple(c_img, 8)
+        elif s.cldm_tile_size % 64:
+            raise TaskError("Diffusion tile size must be a multiple of 64")
+        h2, w2 = cond["c_img"].shape[2:]
+        betas, param = diffusion_schedule(s.version)
+        T = len(betas) - 1
+        if s.start_point_type == "cond":
+            x0 = cond["c_img"]
+            x_T = q_sample(x0, T, randn(tuple(x0.shape), generator).to(x0.device), betas)
+        elif s.start_point_type == "low_freq":  # v2 --better_start: the [0, 1] low band, VAE-sampled
+            low = wavelet_decompose(cond_img)[1]
+            x0 = self.vae_encode(low, sample=True, generator=generator, tiled=enc_tiled,
+                                 tile_size=s.vae_encoder_tile_size).float()
+            x_T = q_sample(x0, T, randn(tuple(x0.shape), generator).to(x0.device), betas)
+        else:
+            x_T = randn((bs, 4, h2, w2), generator).to(self.device)
+        if s.noise_aug > 0:
+            c = cond["c_img"]
+            c = q_sample(c, int(s.noise_aug), randn(tuple(c.shape), generator).to(c.device), betas)
+            cond["c_img"], uncond["c_img"] = c, c.detach().clone()
+        cond_fn = None
+        if s.guidance and s.g_scale > 0:
+            if s.sampler != "spaced":
+                raise TaskError(f"restoration guidance (g_scale > 0) is applied by the 'spaced' sampler only, "
+                                f"not {s.sampler!r}")
+            coef1 = SpacedSchedule.from_betas(betas, s.steps).posterior_mean_coef1
+            cond_fn = RestorationGuidance(s, cond_img, self, coef1, generator)
+        z = sample(s.sampler, self.make_model_fn(s, cldm_tiled), x_T, (bs, 4, h2, w2), steps=s.steps, betas=betas,
+                   parameterization=param, cond=cond, uncond=uncond, cfg_scale=s.cfg_scale,
+                   rescale_cfg=s.rescale_cfg, generator=generator, s_churn=s.s_churn, s_tmin=s.s_tmin,
+                   s_tmax=s.s_tmax, s_noise=s.s_noise, eta=s.eta, order=s.order, cond_fn=cond_fn,
+                   progress=progress)
+        self.last_guidance = cond_fn
+        z = z[..., :h1, :w1]
+        dec_tiled = s.vae_decoder_tiled and not (h1 < s.vae_decoder_tile_size // 8 or w1 < s.vae_decoder_tile_size // 8)
+        x = self.vae_decode(z, tiled=dec_tiled, tile_size=s.vae_decoder_tile_size // 8)
+        return x[:, :, :h0, :w0]
 
     @torch.no_grad()
-    def __call__(self, lq: torch.Tensor, out_size: tuple[int, int], s: DiffBIRSettings, seed: int = 0,
-                 progress=None) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(seed)
-        clean = self.run_stage1(lq.to(self.device), s, out_size)
-        h, w = clean.shape[-2:]
-        ph, pw = (-h) % 64, (-w) % 64
-        padded = F.pad(clean, (0, pw, 0, ph))  # zeros, as DiffBIR
-        guidance = None
-        if s.guidance_scale > 0:
-            self._vae_tiling(s.tiled, s.vae_tile_size)
-            guidance = RestorationGuidance(s, padded, self.vae, self.scaling, gen)
-        z = self.sample(padded, s, gen, progress, guidance)
-        x = self.decode(z)[..., :h, :w].clamp(0, 1)
+    def run(self, lq: torch.Tensor, s: DiffBIRSettings, cleaner=None, kind: str = "swinir", upscale: float = 1.0,
+            generator: torch.Generator | None = None, progress=None, pos_prompt: str | None = None,
+            pre_resized: bool = False) -> torch.Tensor:
+        """One batch through both stages: LQ (b,3,h,w) in [0,1] -> restored image in [0,1] on the 8-bit grid
+        (``floor(255 x) / 255`` of the official float result)."""
+        lq = lq.to(self.device, torch.float32).clamp(0, 1)
+        if kind != "bsrnet" and not pre_resized:
+            lq = pil_bicubic_resize(lq, upscale)
+        h, w = lq.shape[-2:]
+        output_size = (int(h * upscale), int(w * upscale)) if kind == "bsrnet" else (h, w)
+        with self.autocast():
+            cond_img = apply_cleaner(cleaner, kind, lq, s, output_size)
+            x = self.apply_cldm(cond_img, s, generator, progress, pos_prompt)
+        x = (x.float() + 1) / 2  # colour fix and resize in float32 (upstream: in the autocast dtype)
         if s.color_fix == "wavelet":
-            x = wavelet_color_fix(x, clean)
-        return x.clamp(0, 1)
+            x = wavelet_color_fix(x, cond_img.float())
+        x = F.interpolate(x, size=output_size, mode="bicubic", antialias=True)
+        return (x * 255).clamp(0, 255).to(torch.uint8).float() / 255
+
+    def autocast(self):
+        """``torch.autocast(device, dtype)`` around the whole pipeline for fp16 / bf16, as the official loop."""
+        import contextlib
+
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)

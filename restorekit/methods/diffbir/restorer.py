@@ -1,4 +1,9 @@
-"""DiffBIR behind the Restorer interface: stage 1 (BSRNet) + IRControlNet-guided SD 2.1 (stage 2)."""
+"""DiffBIR behind the Restorer interface: stage 1 (BSRNet / SwinIR / SCUNet) + IRControlNet-guided SD 2.1.
+
+Which files a (version, task) uses is the official ``pretrained_models.py`` / task loops' pairing
+(:data:`PLAN`). ``from_pretrained`` loads SD 2.1, the tokenizer and the files of ``task`` (default "sr");
+other tasks load their stage-1 model / ControlNet on first use, from the same folder or the cache.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +18,85 @@ from ...registry import get_card, register_method
 from ...weights import ModelCard, load_state_dict, load_strict, resolve_card
 from .pipeline import DiffBIRPipeline, DiffBIRSettings
 
+TASKS = ("sr", "face", "denoise", "unaligned_face")
+VERSIONS = ("v1", "v2", "v2.1")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+#: (version, task) -> stage-1 card, pipeline kind, ControlNet card (+ the face stage 1 of unaligned_face)
+PLAN: dict[tuple[str, str], dict] = {}
+for _v, _cn, _sr, _sr_kind, _dn, _dn_kind in [
+        ("v1", "diffbir-v1-controlnet", "swinir-general", "swinir", "swinir-general", "swinir"),
+        ("v2", "diffbir-v2-controlnet", "bsrnet", "bsrnet", "scunet-psnr", "scunet"),
+        ("v2.1", "diffbir-v2.1-controlnet", "swinir-realesrgan", "swinir", "swinir-realesrgan", "swinir")]:
+    PLAN[(_v, "sr")] = {"controlnet": _cn, "stage1": _sr, "kind": _sr_kind}
+    PLAN[(_v, "denoise")] = {"controlnet": _cn, "stage1": _dn, "kind": _dn_kind}
+    PLAN[(_v, "face")] = {"controlnet": "diffbir-v1-face-controlnet" if _v == "v1" else _cn, "stage1": "swinir-face",
+                          "kind": "swinir"}
+    if _v != "v1":
+        PLAN[(_v, "unaligned_face")] = {"controlnet": _cn, "stage1": _sr, "kind": _sr_kind,
+                                        "face_stage1": "swinir-face"}
+
+SD_CARD = {"v1": "sd-v2.1-base", "v2": "sd-v2.1-base", "v2.1": "sd-v2.1-base-zsnr"}
+TOKENIZER_CARDS = ("sd-v2.1-tokenizer-vocab", "sd-v2.1-tokenizer-merges")
+#: top-level keys of an ldm SD checkpoint that are not network weights (the training schedule, EMA state)
+LDM_SCHEDULE_KEYS = {"betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                     "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+                     "posterior_mean_coef1", "posterior_mean_coef2", "logvar"}
+
 
 def make_encode_prompt(text_encoder, tokenizer, device):
+    """list[str] -> (N, 77, 1024) float32: ``FrozenOpenCLIPEmbedder(layer="penultimate").encode``."""
     cache: dict = {}
 
     @torch.no_grad()
     def encode(prompts: list[str]) -> torch.Tensor:
         key = tuple(prompts)
         if key not in cache:
-            ids = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-                            truncation=True, return_tensors="pt").input_ids.to(device)
-            cache[key] = text_encoder(ids)[0].float()
+            ids = tokenizer(list(prompts)).to(device)
+            cache[key] = text_encoder(input_ids=ids).last_hidden_state.float()
         return cache[key]
 
     return encode
+
+
+def _load_assign(module: torch.nn.Module, sd: dict, source: str, dtype: torch.dtype) -> torch.nn.Module:
+    """Strict load (restorekit.weights.load_strict's checks) into a module built on the meta device; the file's
+    tensors become the parameters, then the module is cast to ``dtype``."""
+    load_strict(module, sd, source)
+    module.load_state_dict(sd, strict=True, assign=True)
+    return _cast(module, dtype)
+
+
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``module.to(dtype)`` (without diffusers' ModelMixin.to warning), GroupNorms kept in float32 as upstream's
+    ``ControlLDM.cast_dtype`` keeps its GroupNorm32 layers."""
+    torch.nn.Module.to(module, dtype)
+    for m in module.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            torch.nn.Module.to(m, torch.float32)
+    return module
+
+
+def _check_ldm_keys(ckpt: dict, used_counts: dict, extra_ok: list, source: str) -> None:
+    """Every tensor of the SD checkpoint is used, or is a schedule / EMA entry or a known unused text key."""
+    prefixes = {"model.diffusion_model.": "unet", "first_stage_model.": "vae", "cond_stage_model.model.": "text"}
+    counts = {v: 0 for v in prefixes.values()}
+    other = []
+    for k in ckpt:
+        p = next((p for p in prefixes if k.startswith(p)), None)
+        if p is not None:
+            counts[prefixes[p]] += 1
+        elif k not in LDM_SCHEDULE_KEYS and not k.startswith("model_ema."):
+            other.append(k)
+    if other:
+        raise WeightsError(f"{source}: {len(other)} unexpected keys, e.g. {other[:3]}")
+    for part in ("unet", "vae"):
+        if counts[part] != used_counts[part]:
+            raise WeightsError(f"{source}: {counts[part] - used_counts[part]} {part} tensors were not used by the "
+                               f"conversion (unexpected keys)")
+    if counts["text"] == 0:
+        raise WeightsError(f"{source} holds no OpenCLIP text encoder (cond_stage_model.model.*)")
 
 
 @register_method
@@ -34,119 +104,297 @@ class DiffBIR(Restorer):
     """Blind image restoration: a stage-1 restorer, then Stable Diffusion + IRControlNet."""
 
     name = "diffbir"
-    tasks = ("sr",)
+    tasks = TASKS
     blind = True
-    default_model = "diffbir-v2"
+    default_model = "diffbir-v2.1"
 
-    def __init__(self, pipeline: DiffBIRPipeline, version: str = "v2", device=None):
+    def __init__(self, pipeline: DiffBIRPipeline, version: str = "v2.1", device=None, locate=None,
+                 stage1_override: str | None = None):
         super().__init__(device)
         self.pipeline, self.version = pipeline, version
         pipeline.device = self.device
-        for m in (pipeline.unet, pipeline.controlnet, pipeline.vae, pipeline.stage1):
+        for m in (pipeline.unet, pipeline.controlnet, pipeline.vae):
             if isinstance(m, torch.nn.Module):
                 m.to(self.device).eval().requires_grad_(False)
+        self._locate = locate  # card name -> Path (folder or cache); None: components were given directly
+        self._stage1: dict[str, torch.nn.Module] = {}
+        self._controlnets: dict[str, torch.nn.Module] = {}
+        self._stage1_override = stage1_override
+        self._stage1_given = None
+        self.face_helper_factory = None
 
+    # -- construction ---------------------------------------------------------------------
     @classmethod
-    def from_components(cls, unet, controlnet, vae, text_encoder=None, tokenizer=None, stage1=None, stage1_sf=4,
-                        version="v2", device=None, encode_prompt=None) -> "DiffBIR":
+    def from_components(cls, unet, controlnet, vae, text_encoder=None, tokenizer=None, stage1=None,
+                        stage1_kind: str = "swinir", version="v2.1", device=None, encode_prompt=None,
+                        torch_dtype: torch.dtype | None = None) -> DiffBIR:
+        """Build from modules; ``stage1`` (with its pipeline kind "bsrnet" | "swinir" | "scunet") serves every task."""
         dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch_dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
         if encode_prompt is None:
             text_encoder = text_encoder.to(dev).eval()
             encode_prompt = make_encode_prompt(text_encoder, tokenizer, dev)
-        pipe = DiffBIRPipeline(unet, controlnet, vae, encode_prompt, stage1, stage1_sf, dev)
-        return cls(pipe, version, dev)
+        _cast(unet, dtype)
+        _cast(controlnet, dtype)
+        pipe = DiffBIRPipeline(unet, controlnet, vae, encode_prompt, dev, dtype)
+        obj = cls(pipe, version, dev)
+        obj._stage1_given = (stage1, stage1_kind)
+        if isinstance(stage1, torch.nn.Module):
+            stage1.to(dev).eval().requires_grad_(False)
+        return obj
 
     @classmethod
     def _from_weights(cls, path: Path, card: ModelCard | None, device=None, **kwargs):
-        """``path``: the IRControlNet file (from a card) or a folder holding all component files."""
+        """``path``: a folder holding the official files, or the ControlNet file of a ``diffbir-*`` card."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextConfig, CLIPTextModel
 
-        from .convert import SD21_TEXT, SD21_UNET, SD21_VAE, controlnet_from_ldm, sd_from_ldm
-        from .ircontrolnet import IRControlNet
+        from .convert import SD21_TEXT, SD21_UNET, SD21_VAE, sd_from_ldm
+        from .text import CLIPBPETokenizer, openclip_text_to_transformers
 
-        version = (card.options.get("version") if card else None) or kwargs.pop("version", "v2")
-        comps = dict(card.options.get("components", {})) if card else dict(DEFAULT_COMPONENTS[version])
-        stage1_name = kwargs.pop("stage1", None)
-        if stage1_name is not None:
-            if stage1_name not in STAGE1:
-                raise TaskError(f"unknown DiffBIR stage-1 model {stage1_name!r}; choose {', '.join(STAGE1)}")
-            comps["stage1"] = stage1_name
+        version = kwargs.pop("version", None)
+        card_version = card.options.get("version") if card else None
+        if version is not None and card_version is not None and version != card_version:
+            raise TaskError(f"model {card.name!r} is DiffBIR {card_version}, not {version}")
+        version = version or card_version or "v2.1"
+        if version not in VERSIONS:
+            raise TaskError(f"unknown DiffBIR version {version!r}; choose {', '.join(VERSIONS)}")
+        task = kwargs.pop("task", "sr")
+        if (version, task) not in PLAN:
+            raise TaskError(f"DiffBIR {version} does not do task {task!r}"
+                            + ("; use v2 or v2.1" if task == "unaligned_face" else ""))
+        dtype = kwargs.pop("torch_dtype", None)
+        dtype = kwargs.pop("precision", None) if dtype is None else dtype
+        if isinstance(dtype, str):
+            if dtype not in PRECISIONS:
+                raise TaskError(f"unknown precision {dtype!r}; choose fp32, fp16 or bf16")
+            dtype = PRECISIONS[dtype]
+        stage1 = kwargs.pop("stage1", None)
+        if stage1 is not None and stage1 not in STAGE1:
+            raise TaskError(f"unknown DiffBIR stage-1 model {stage1!r}; choose {', '.join(STAGE1)}")
         if kwargs:
             raise TypeError(f"unexpected options for DiffBIR.from_pretrained: {sorted(kwargs)}")
+        dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
         folder = Path(path) if Path(path).is_dir() else None
+        given_cn = None if folder is not None else Path(path)
 
+        def locate(name: str) -> Path:
+            c = get_card(name)
+            if given_cn is not None and card is not None and name == card.options.get("controlnet"):
+                return given_cn
+            if folder is not None:
+                p = folder / c.filename
+                if not p.is_file():
+                    raise WeightsError(f"'{c.filename}' (from {_source(c)})")
+                return p
+            return resolve_card(c)
+
+        plan = PLAN[(version, task)]
+        needed = {"sd": SD_CARD[version], "tokenizer_vocab": TOKENIZER_CARDS[0],
+                  "tokenizer_merges": TOKENIZER_CARDS[1], "controlnet": plan["controlnet"],
+                  "stage1": stage1 or plan["stage1"]}
+        if "face_stage1" in plan:
+            needed["face_stage1"] = plan["face_stage1"]
         paths, missing = {}, []
-        for component, card_name in comps.items():
-            if component == "controlnet" and folder is None:
-                paths[component] = Path(path)
-                continue
-            c = get_card(card_name)
+        for comp, name in needed.items():
             try:
-                if folder is not None:
-                    p = folder / c.filename
-                    if not p.exists():
-                        raise WeightsError(f"'{c.filename}' (from {c.sources[0] if c.sources else '?'})")
-                    paths[component] = p
-                else:
-                    paths[component] = resolve_card(c)
+                paths[comp] = locate(name)
             except WeightsError as e:
-                missing.append(f"{component}: {str(e).splitlines()[0]}")
+                missing.append(f"{comp}: {str(e).splitlines()[0]}")
         if missing:
             where = folder or "the restorekit cache (see 'restorekit models')"
-            raise WeightsError(f"DiffBIR {version} needs files that are not in {where}:\n  " + "\n  ".join(missing))
-        cn_path, sd_path, st1_path = paths["controlnet"], paths["sd"], paths["stage1"]
-        tok_dir = paths["tokenizer_vocab"].parent
-        if paths["tokenizer_merges"].parent != tok_dir:
+            raise WeightsError(f"DiffBIR {version} ({task}) needs files that are not in {where}:\n  "
+                               + "\n  ".join(missing))
+        if paths["tokenizer_merges"].parent != paths["tokenizer_vocab"].parent:
             raise WeightsError("vocab.json and merges.txt must be in the same folder")
-        unet = UNet2DConditionModel(**SD21_UNET)
-        vae = AutoencoderKL(**SD21_VAE)
-        text = CLIPTextModel(CLIPTextConfig(**SD21_TEXT))
-        sd, _ = load_state_dict(sd_path)
-        u, v, t = sd_from_ldm(sd, text_encoder=text)
-        load_strict(unet, u, str(sd_path))
-        load_strict(vae, v, str(sd_path))
-        if t is None:
-            raise WeightsError(f"{sd_path} holds no OpenCLIP text encoder (cond_stage_model.model.*)")
-        text.load_state_dict(t, strict=False)
-        controlnet = IRControlNet.from_unet_config(unet)
-        cn_sd, _ = load_state_dict(cn_path)
-        load_strict(controlnet, controlnet_from_ldm(cn_sd, {"layers_per_block": 2}), str(cn_path))
-        stage1, stage1_sf = STAGE1[comps["stage1"]]()
-        st1_sd, _ = load_state_dict(st1_path)
-        st1_sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in st1_sd.items()}
-        load_strict(stage1, st1_sd, str(st1_path))
-        tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), pad_token="!")
-        return cls.from_components(unet, controlnet, vae, text, tok, stage1, stage1_sf, version, device)
+
+        # Stable Diffusion 2.1: UNet, VAE, OpenCLIP text tower (all from the one ldm checkpoint)
+        sd_path = paths["sd"]
+        ckpt, _ = load_state_dict(sd_path)
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**SD21_UNET)
+            vae = AutoencoderKL(**SD21_VAE)
+            text = CLIPTextModel(CLIPTextConfig(**SD21_TEXT))
+        u, v, _ = sd_from_ldm(ckpt)
+        t, unused_text = openclip_text_to_transformers(ckpt, text, str(sd_path))
+        _check_ldm_keys(ckpt, {"unet": len(u), "vae": len(v)}, unused_text, str(sd_path))
+        del ckpt
+        _load_assign(unet, u, str(sd_path), dtype)
+        del u
+        _load_assign(vae, v, str(sd_path), torch.float32)
+        del v
+        for mod in text.modules():  # the one non-persistent buffer, not in any checkpoint
+            if "position_ids" in mod._buffers:
+                mod.register_buffer("position_ids", torch.arange(SD21_TEXT["max_position_embeddings"])[None],
+                                    persistent=False)
+        _load_assign(text, t, str(sd_path), torch.float32)
+        del t
+        tok = CLIPBPETokenizer(paths["tokenizer_vocab"], paths["tokenizer_merges"])
+        controlnet = _load_controlnet(paths["controlnet"], unet, dtype)
+        encode_prompt = make_encode_prompt(text.to(dev).eval(), tok, dev)
+        pipe = DiffBIRPipeline(unet, controlnet, vae, encode_prompt, dev, dtype)
+        obj = cls(pipe, version, dev, locate=locate, stage1_override=stage1)
+        obj.text_encoder, obj.tokenizer = text, tok
+        obj._controlnets[plan["controlnet"]] = controlnet
+        for comp in ("stage1", "face_stage1"):
+            if comp in paths:
+                obj._stage1[needed[comp]] = _load_stage1(needed[comp], paths[comp], dev)
+        return obj
+
+    # -- per-task components ------------------------------------------------------------------
+    def _component(self, cache: dict, name: str, load):
+        if name not in cache:
+            if self._locate is None:
+                raise WeightsError(f"DiffBIR was built from components; it has no '{name}' for this task")
+            try:
+                p = self._locate(name)
+            except WeightsError as e:
+                raise WeightsError(f"DiffBIR {self.version} needs {str(e).splitlines()[0]}") from None
+            cache[name] = load(p)
+        return cache[name]
+
+    def stage1_for(self, task: str, face: bool = False):
+        """(network or None, pipeline kind) used for ``task`` (the face crops of unaligned_face: ``face=True``)."""
+        if self._stage1_given is not None:
+            return self._stage1_given
+        plan = PLAN[(self.version, task)]
+        name = plan["face_stage1"] if face else (self._stage1_override or plan["stage1"])
+        kind = "swinir" if face else STAGE1[name][1]
+        net = self._component(self._stage1, name, lambda p: _load_stage1(name, p, self.device))
+        return net, kind
+
+    def controlnet_for(self, task: str):
+        if self._locate is None:
+            return self.pipeline.controlnet
+        name = PLAN[(self.version, task)]["controlnet"]
+        return self._component(self._controlnets, name,
+                               lambda p: _load_controlnet(p, self.pipeline.unet, self.pipeline.dtype).to(self.device))
+
+    # -- options ------------------------------------------------------------------------------
+    ALIASES = {"start_point": "start_point_type", "guidance_scale": "g_scale", "guidance_loss": "g_loss",
+               "guidance_space": "g_space", "guidance_start": "g_start", "guidance_stop": "g_stop",
+               "guidance_repeat": "g_repeat"}
 
     def make_config(self, task: str, steps: int | None = None, **options) -> DiffBIRSettings:
+        from ...samplers import SAMPLER_NAMES
+
         names = {f.name for f in fields(DiffBIRSettings)}
         extra = {}
         for k, v in options.items():
-            if v is None or k in ("scale", "noise_level", "noise"):
+            if v is None or k in ("scale", "upscale", "noise_level", "noise", "precision", "torch_dtype"):
                 continue
-            if k not in names:
-                raise TaskError(f"option {k!r} does not apply to DiffBIR; options are {', '.join(sorted(names))}")
+            k = self.ALIASES.get(k, k)
+            if k == "tiled":
+                for f in ("cleaner_tiled", "vae_encoder_tiled", "vae_decoder_tiled", "cldm_tiled"):
+                    extra[f] = bool(v)
+                continue
+            if k not in names or k == "version":
+                raise TaskError(f"option {k!r} does not apply to DiffBIR; options are "
+                                f"{', '.join(sorted(names - {'version'}))}")
             extra[k] = v
+        if "g_scale" in extra and "guidance" not in extra:
+            extra["guidance"] = float(extra["g_scale"]) > 0
         s = DiffBIRSettings.for_version(self.version, steps=steps, **extra)
-        choices = {"start_point": ("noise", "cond", "low_freq"), "guidance_space": ("latent", "rgb"),
-                   "guidance_loss": ("mse", "w_mse"), "color_fix": ("wavelet", "none")}
+        choices = {"start_point_type": ("noise", "cond", "low_freq"), "g_space": ("latent", "rgb"),
+                   "g_loss": ("mse", "w_mse"), "color_fix": ("wavelet", "none"), "sampler": SAMPLER_NAMES}
         for k, allowed in choices.items():
             if getattr(s, k) not in allowed:
                 raise TaskError(f"DiffBIR option {k}={getattr(s, k)!r}; choose one of {', '.join(allowed)}")
-        if s.steps < 1 or s.tile_size % 64 or s.tile_stride < 8:
-            raise TaskError("DiffBIR needs steps >= 1, tile_size a multiple of 64 and tile_stride >= 8")
+        if s.steps < 1 or s.batch_size < 1 or s.n_samples < 1:
+            raise TaskError("DiffBIR needs steps, batch_size and n_samples >= 1")
+        if s.cldm_tile_size % 64 or s.cldm_tile_stride < 8 or s.vae_encoder_tile_size % 8:
+            raise TaskError("DiffBIR needs cldm_tile_size a multiple of 64, cldm_tile_stride >= 8 and "
+                            "vae_encoder_tile_size a multiple of 8")
+        if not 0 <= int(s.noise_aug) < 1000:
+            raise TaskError("DiffBIR noise_aug is a timestep in [0, 999]")
         return s
 
+    # -- restoration -------------------------------------------------------------------------
     @torch.no_grad()
     def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
-                       seed: int | None = None, progress=None, scale: int = 4, **options) -> torch.Tensor:
+                       seed: int | None = None, progress=None, scale: float | None = 4, **options) -> torch.Tensor:
+        """(b,3,h,w) in [0,1] -> (b * n_samples, 3, H, W); ``seed`` None is the official default 231."""
         self.check_task(task)
+        if (self.version, task) not in PLAN:
+            raise TaskError(f"DiffBIR {self.version} does not do task {task!r}; use v2 or v2.1")
+        upscale = float(options.pop("upscale", None) or scale or 4)
+        precision, dtype = options.pop("precision", None), options.pop("torch_dtype", None)
+        self.set_precision(precision if precision is not None else dtype)
         s = self.make_config(task, steps, **options)
-        h, w = y.shape[-2:]
-        out = self.pipeline(y.to(self.device, torch.float32), (h * int(scale), w * int(scale)), s,
-                            seed=0 if seed is None else int(seed), progress=progress)
-        return out
+        gen = torch.Generator().manual_seed(231 if seed is None else int(seed))
+        pos = self._caption_prompt(y, s)
+        self.pipeline.controlnet = self.controlnet_for(task)
+        if task == "unaligned_face":
+            from .face import restore_unaligned_faces
+
+            return restore_unaligned_faces(self, y, s, upscale, gen, progress, pos)
+        net, kind = self.stage1_for(task)
+        return self.run_samples(y, s, net, kind, upscale, gen, progress, pos)
+
+    def set_precision(self, precision) -> None:
+        """``fp32`` | ``fp16`` | ``bf16`` (or a torch dtype): the UNet and ControlNet weights' dtype and the
+        autocast dtype of the pipeline (upstream's ``--precision``); None keeps the current one."""
+        if precision is None:
+            return
+        dtype = PRECISIONS.get(precision, precision) if isinstance(precision, str) else precision
+        if dtype not in PRECISIONS.values():
+            raise TaskError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
+        if dtype != self.pipeline.dtype:
+            for m in (self.pipeline.unet, self.pipeline.controlnet, *self._controlnets.values()):
+                _cast(m, dtype)
+            self.pipeline.dtype = dtype
+
+    def run_samples(self, y, s, net, kind, upscale, gen, progress, pos, pre_resized=False):
+        """``n_samples`` results of each image, in batches of ``batch_size`` copies, as the official loop."""
+        outs = []
+        for img in y:
+            done = 0
+            while done < s.n_samples:
+                n = min(s.batch_size, s.n_samples - done)
+                outs.append(self.pipeline.run(img[None].expand(n, -1, -1, -1), s, net, kind, upscale, gen, progress,
+                                              pos, pre_resized=pre_resized))
+                done += n
+        return torch.cat(outs)
+
+    def _caption_prompt(self, y, s):
+        if s.captioner == "none":
+            return s.pos_prompt
+        from .caption import caption_prompt
+
+        return caption_prompt(s.captioner, y, s.pos_prompt, self.device)
+
+
+def _source(c: ModelCard) -> str:
+    return c.sources[0] if c.sources else "?"
+
+
+def _load_controlnet(path: Path, unet, dtype):
+    from .convert import controlnet_from_ldm
+    from .ircontrolnet import IRControlNet
+
+    sd, _ = load_state_dict(path)
+    if any(k.startswith("control_model.") for k in sd):
+        other = [k for k in sd if not k.startswith("control_model.")]
+        if other:
+            raise WeightsError(f"{path}: {len(other)} keys outside control_model.*, e.g. {other[:3]}")
+    with torch.device("meta"):
+        net = IRControlNet.from_unet_config(unet)
+    conv = controlnet_from_ldm(sd, {"layers_per_block": 2})
+    n_src = len(sd)
+    if len(conv) != n_src:
+        raise WeightsError(f"{path}: {n_src - len(conv)} tensors were not used by the ControlNet conversion")
+    del sd
+    return _load_assign(net, conv, str(path), dtype).eval().requires_grad_(False)
+
+
+def _load_stage1(name: str, path: Path, device) -> torch.nn.Module:
+    net = STAGE1[name][0]()
+    sd, _ = load_state_dict(path)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    load_strict(net, sd, str(path))
+    return net.to(device).eval().requires_grad_(False)
 
 
 def _stage1_factories():
@@ -154,18 +402,15 @@ def _stage1_factories():
     from ...nets.scunet import SCUNet
     from ...nets.swinir import SwinIR, SwinIRConfig
 
-    return {"bsrnet": lambda: (RRDBNet(), 4), "swinir-general": lambda: (SwinIR(SwinIRConfig()), 1),
-            "swinir-realesrgan": lambda: (SwinIR(SwinIRConfig()), 1), "scunet-psnr": lambda: (SCUNet(), 1)}
+    swin = (lambda: SwinIR(SwinIRConfig()), "swinir")
+    return {"bsrnet": (lambda: RRDBNet(), "bsrnet"), "swinir-general": swin, "swinir-realesrgan": swin,
+            "swinir-face": swin, "scunet-psnr": (lambda: SCUNet(), "scunet")}
 
 
-#: stage-1 model card -> () -> (network, its upscaling factor)
+#: stage-1 model card -> (() -> network, pipeline kind)
 STAGE1 = _stage1_factories()
 
-DEFAULT_COMPONENTS = {
-    v: {"sd": "sd-v2.1-base", "controlnet": f"diffbir-{v}-controlnet", "stage1": "bsrnet",
-        "tokenizer_vocab": "sd-v2.1-tokenizer-vocab", "tokenizer_merges": "sd-v2.1-tokenizer-merges"}
-    for v in ("v1", "v2")
-}
-DEFAULT_COMPONENTS["v1"]["stage1"] = "swinir-general"
-DEFAULT_COMPONENTS["v2.1"] = {**DEFAULT_COMPONENTS["v2"], "sd": "sd-v2.1-base-zsnr",
-                              "controlnet": "diffbir-v2.1-controlnet", "stage1": "swinir-realesrgan"}
+#: files of the default task (sr) per version, for 'restorekit models'
+DEFAULT_COMPONENTS = {v: {"sd": SD_CARD[v], "controlnet": PLAN[(v, "sr")]["controlnet"],
+                          "stage1": PLAN[(v, "sr")]["stage1"], "tokenizer_vocab": TOKENIZER_CARDS[0],
+                          "tokenizer_merges": TOKENIZER_CARDS[1]} for v in VERSIONS}
