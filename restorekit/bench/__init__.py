@@ -10,9 +10,16 @@ interrupted sweep resumes without recomputing. With several processes
 to the ranks; rank 0 writes the reports once all are done:
 
 * ``results.csv`` -- one row per item
-* ``summary.md``  -- mean +- std per dataset / task / method / NFE
-* ``grids/*.png`` -- clean | degraded | each method, per image, task and seed
-* ``quality_vs_nfe.png`` -- PSNR against network evaluations, per method and task
+* ``summary.md``  -- one table per dataset / task (its degradation and metric convention in the heading), a row per
+  method / NFE: mean +- std over seeds of the mean over images; classical baselines beside the diffusion methods
+* ``grids/*.png`` -- input | each method (largest NFE) | ground truth, and a zoomed crop of each below
+* ``quality_vs_nfe.png``, ``psnr_vs_seconds.png`` -- PSNR against network evaluations / seconds per image
+* ``report.html`` -- all of it in one static page (summary table sortable by column, filter by dataset / task)
+
+Tasks are labelled (``deblur_levin: {task: deblur, kernel_file: ..., kernel_index: by_image}``) and carry their
+metric convention (``eval: {y_channel: true, border: 4}``); see :mod:`restorekit.bench.config`. Besides the
+registered methods, ``deepinv-diffpir`` and ``deepinv-dps`` run deepinv's samplers on the same prior weights
+(:mod:`restorekit.bench.peers`; skipped when deepinv is not installed).
 
 Example (``benchmarks/configs/demo.yaml``)::
 
@@ -28,6 +35,7 @@ Example (``benchmarks/configs/demo.yaml``)::
     methods:
       - {name: diffpir, method: diffpir, weights: diffpir-demo, steps: [10, 20]}
       - {name: diffir, method: diffir, weights: {sr: diffir-demo-sr, deblur: diffir-demo-deblur}}
+      - {name: bicubic, method: classical, options: {algorithm: bicubic}, tasks: [sr]}
     seeds: [0]
     metrics: [psnr, ssim, lpips]
 """
@@ -36,9 +44,10 @@ from __future__ import annotations
 
 from .config import Item, dataset_images, expand_items, load_bench_config
 from .memory import PeakMemory
+from .peers import PEERS, get_bench_method
 from .records import BenchLock, read_records, repair_records
 from .reports import write_reports
-from .runner import degrade, run_bench
+from .runner import degrade, rebuild_reports, run_bench
 
 __all__ = ["Item", "dataset_images", "expand_items", "load_bench_config", "PeakMemory", "BenchLock", "read_records",
-           "repair_records", "write_reports", "degrade", "run_bench"]
+           "repair_records", "write_reports", "degrade", "rebuild_reports", "run_bench", "PEERS", "get_bench_method"]

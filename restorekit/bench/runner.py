@@ -27,10 +27,13 @@ def _crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
 
 
 def degrade(x: torch.Tensor, task: str, spec: dict, seed: int):
-    """(clean image cropped to the operator's grid, observation, operator), deterministic in ``seed``."""
-    from ..operators import synthesize
+    """(clean image cropped to the operator's grid, observation, operator), deterministic in ``seed``.
 
-    spec = dict(spec)
+    ``task`` is the restoration task; ``spec`` the (resolved) task entry of the sweep."""
+    from ..operators import synthesize
+    from .degradations import synthesize_kwargs
+
+    spec = synthesize_kwargs(spec)
     noise = float(spec.pop("noise", 0.0))
     if task == "sr":
         scale = int(spec.get("scale", 4))
@@ -55,6 +58,12 @@ def run_bench(config_path, output: str | None = None, device: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
     items = expand_items(cfg, base)
+    from .peers import PEERS
+
+    missing = sorted({it.method_name for it in items if it.method_name in PEERS and not PEERS[it.method_name].available()})
+    if missing:
+        log(f"bench: skipping {', '.join(missing)} (deepinv is not installed)")
+        items = [it for it in items if it.method_name not in missing]
     if limit is not None:
         items = items[:limit]
     # one sweep at a time per folder: rank 0 takes the lock and tells the other ranks whether it got it
@@ -80,8 +89,9 @@ def run_bench(config_path, output: str | None = None, device: str | None = None,
 
 
 def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
-    from ..metrics import compute_metrics
-    from ..registry import get_method
+    from .config import eval_convention
+    from .peers import PEERS, get_bench_method
+    from .scoring import describe, score
 
     repair_records(out / f"records-{state.process_index}.jsonl")
     state.wait_for_everyone()
@@ -90,9 +100,7 @@ def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
     todo = [it for it in mine if it.key not in done]
     log(f"bench: {len(items)} items, {len(items) - len([i for i in items if i.key not in done])} already done, "
         f"{len(todo)} to run on rank {state.process_index}")
-    metrics = tuple(cfg.get("metrics", ["psnr", "ssim", "lpips"]))
-    nr_metrics = tuple(m for m in metrics if m in ("niqe", "musiq"))
-    fr_metrics = tuple(m for m in metrics if m in ("psnr", "ssim", "lpips"))
+    metrics = tuple(m for m in cfg.get("metrics", ["psnr", "ssim", "lpips"]) if m != "fid")
     restorers: dict = {}
     notes: set = set()
     rec_path = out / f"records-{state.process_index}.jsonl"
@@ -102,7 +110,7 @@ def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
     for n, it in enumerate(todo, 1):
         arr, _ = read_image(files[(it.dataset, it.image)])
         clean = _crop(torch.from_numpy(arr).permute(2, 0, 1)[None], ds_specs[it.dataset].get("crop"))
-        clean, y, op = degrade(clean, it.task, cfg["tasks"][it.task], it.seed)
+        clean, y, op = degrade(clean, it.kind, it.degradation, it.seed)
         deg_file = out / "images" / f"{it.dataset}__{it.image}__{it.task}__seed{it.seed}__degraded.png"
         clean_file = out / "images" / f"{it.dataset}__{it.image}__{it.task}__seed{it.seed}__clean.png"
         if deg_file.name not in written:  # written once per run: the degradation settings may have changed
@@ -111,13 +119,13 @@ def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
             written.add(deg_file.name)
         rkey = (it.method_name, it.weights)
         if rkey not in restorers:
-            restorers[rkey] = get_method(it.method_name).from_pretrained(it.weights, device=dev)
+            restorers[rkey] = get_bench_method(it.method_name).from_pretrained(it.weights, device=dev)
         r = restorers[rkey]
         opts = dict(it.options)
-        if it.task == "sr":
-            opts.setdefault("scale", int(cfg["tasks"]["sr"].get("scale", 4)))
-        if "noise" in cfg["tasks"][it.task] and it.method_name == "diffpir":
-            opts.setdefault("noise_level", float(cfg["tasks"][it.task]["noise"]))
+        if it.kind == "sr":
+            opts.setdefault("scale", int(it.degradation.get("scale", 4)))
+        if "noise" in it.degradation and (it.method_name in ("diffpir", "classical") or it.method_name in PEERS):
+            opts.setdefault("noise_level", float(it.degradation["noise"]))
         nfe = {"n": 0}
 
         def count(i, total, t):
@@ -126,7 +134,7 @@ def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
         try:
             with PeakMemory(dev) as mem:
                 t0 = time.perf_counter()
-                result = r.restore_tensor(y.to(dev), task=it.task, operator=op, steps=it.steps, seed=it.seed,
+                result = r.restore_tensor(y.to(dev), task=it.kind, operator=op, steps=it.steps, seed=it.seed,
                                           progress=count, **opts)
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
@@ -135,16 +143,15 @@ def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
             log(f"  {it.key}: skipped ({e})")
             continue
         result = result.cpu()[..., : clean.shape[-2], : clean.shape[-1]]
-        scores, mnotes = compute_metrics(result, clean, fr_metrics)
-        if nr_metrics:
-            s2, n2 = compute_metrics(result, None, nr_metrics)
-            scores.update(s2)
-            mnotes += n2
+        conv = eval_convention(cfg["tasks"][it.task])
+        scores, mnotes = score(result, clean, metrics, conv)
         notes.update(mnotes)
         img_file = out / "images" / f"{it.file_stem}.png"
         save_image(img_file, result)
-        rec = {"key": it.key, "dataset": it.dataset, "image": it.image, "task": it.task, "method": it.method,
-               "weights": it.weights, "nfe": nfe["n"] if it.method_name == "diffpir" else None,
+        rec = {"key": it.key, "dataset": it.dataset, "image": it.image, "task": it.task, "task_kind": it.kind,
+               "method": it.method, "method_name": it.method_name, "metric_convention": describe(conv),
+               "weights": it.weights,
+               "nfe": nfe["n"] if (it.method_name == "diffpir" or it.method_name in PEERS) else None,
                "steps": it.steps, "seed": it.seed, "seconds": seconds, "peak_mem_mib": mem.peak_mib,
                "memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "rss_increase",
                "device": str(dev), "image_file": str(img_file.relative_to(out)), **scores}
@@ -163,3 +170,17 @@ def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
     return summary
 
 
+
+
+def rebuild_reports(config_path, output: str | None = None) -> dict:
+    """Rewrite results.csv, summary.md, grids, plots and report.html from the recorded items of the config's
+    current items (the restored images under ``images/`` are needed for the grids); runs no method."""
+    cfg = load_bench_config(config_path)
+    base = Path(config_path).resolve().parent
+    out = Path(output or cfg.get("output") or f"results/{cfg.get('name', 'bench')}")
+    if not out.is_dir():
+        raise RestoreKitError(f"no results folder {out}: run the sweep first")
+    with BenchLock(out):
+        current = {it.key for it in expand_items(cfg, base)}
+        records = [r for k, r in read_records(out).items() if k in current]
+        return write_reports(out, records, [], cfg)
