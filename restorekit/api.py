@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 
 from .errors import RestoreKitError, TaskError
+from .files import batches_by_size
 from .io import from_tensor, to_tensor
 from .registry import get_card, get_method
 from .weights import ModelCard, resolve_card
@@ -69,6 +70,28 @@ def check_operator_fits(operator, hw) -> None:
         raise TaskError(f"the operator was built for {size[1]}x{size[0]} images but the image is {w}x{h}")
 
 
+def per_image_operators(operator, n: int) -> list:
+    """``operator`` for each of ``n`` images: a list of ``n``, one operator for all, or an operator carrying a
+    batch of ``n`` masks (``mask`` shaped (n, C, H, W)), split into one operator per image."""
+    import copy
+
+    if isinstance(operator, (list, tuple)):
+        if len(operator) != n:
+            raise RestoreKitError(f"got {n} images but {len(operator)} operators")
+        return list(operator)
+    mask = getattr(operator, "mask", None)
+    if isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[0] > 1:
+        if mask.shape[0] != n:
+            raise TaskError(f"the operator carries {mask.shape[0]} masks but there are {n} images")
+        ops = []
+        for k in range(n):
+            op = copy.copy(operator)
+            op.mask = mask[k:k + 1]
+            ops.append(op)
+        return ops
+    return [operator] * n
+
+
 class Restorer:
     """Base class of the method plugins.
 
@@ -84,6 +107,8 @@ class Restorer:
 
     name: ClassVar[str] = ""
     tasks: ClassVar[tuple] = ()
+    #: True when :meth:`restore_batch` runs several images through the network at once (otherwise it loops)
+    supports_batch: ClassVar[bool] = False
 
     def __init__(self, device: str | torch.device | None = None):
         self.device = resolve_device(device)
@@ -170,12 +195,15 @@ class Restorer:
             raise TaskError(f"method {self.name!r} does not do task {task!r}; it does: {', '.join(self.tasks)}")
 
     def restore(self, image, task: str | None = None, operator=None, steps: int | None = None,
-                seed: int | None = None, max_megapixels: float | None = None, **options):
+                seed: int | None = None, max_megapixels: float | None = None, max_batch: int | None = None,
+                **options):
         """Restore ``image`` (the degraded observation) and return the same kind of object.
 
-        A list of images, or a tensor shaped (N, C, H, W) with N > 1, is restored image by image and
-        returned as a list / stacked tensor; image k gets seed ``seed + k`` (as if it ran alone with that
-        seed), so results do not depend on how images are grouped. ``operator`` may then be a list too.
+        A list of images, or a tensor shaped (N, C, H, W) with N > 1, gives a list / stacked tensor; image k gets
+        seed ``seed + k`` (as if it ran alone with that seed), so results do not depend on how images are
+        grouped. ``operator`` may then be a list (one per image) or carry a batch of N masks. They go through
+        :meth:`restore_batch`, ``max_batch`` images at a time (default: all), same-size images together
+        (``restorekit run --batch-size``; the name leaves DiffBIR's own ``batch_size`` option alone).
         """
         task = task or (self.tasks[0] if len(self.tasks) == 1 else None)
         if task is None:
@@ -186,12 +214,29 @@ class Restorer:
             items = list(image.unbind(0)) if batched_tensor else list(image)
             if not items:
                 raise RestoreKitError("restore() got an empty list of images")
-            ops = operator if isinstance(operator, (list, tuple)) else [operator] * len(items)
-            if len(ops) != len(items):
-                raise RestoreKitError(f"got {len(items)} images but {len(ops)} operators")
+            if max_batch is not None and (isinstance(max_batch, bool) or int(max_batch) != max_batch
+                                          or max_batch < 1):
+                raise RestoreKitError(f"max_batch must be a whole number >= 1, got {max_batch!r}")
+            ops = per_image_operators(operator, len(items))
             base = 0 if seed is None else int(seed)
-            outs = [self.restore(im, task, op, steps, base + k, max_megapixels, **options)
-                    for k, (im, op) in enumerate(zip(items, ops))]
+            xs, infos = [], []
+            for im, op in zip(items, ops):
+                x, info = to_tensor(im)
+                check_image_size(self.name, *x.shape[-2:], max_megapixels=max_megapixels)
+                check_operator_fits(op, x.shape[-2:])
+                xs.append(x.to(self.device))
+                infos.append(info)
+            n = len(xs)
+            size = n if max_batch is None else int(max_batch)
+            outs: list = [None] * n
+            for chunk in batches_by_size(list(range(n)), size, lambda k: tuple(xs[k].shape)):
+                res = self.restore_batch([xs[k] for k in chunk], [ops[k] for k in chunk],
+                                         [base + k for k in chunk], task=task, steps=steps, **options)
+                for k, r in zip(chunk, res):
+                    info = infos[k]
+                    if info.kind == "file":
+                        info.kind = "pil"
+                    outs[k] = from_tensor(r, info)
             return torch.stack(outs) if batched_tensor else outs
         x, info = to_tensor(image)
         check_image_size(self.name, *x.shape[-2:], max_megapixels=max_megapixels)
@@ -201,17 +246,36 @@ class Restorer:
             info.kind = "pil"
         return from_tensor(out, info)
 
+    def restore_batch(self, ys: list, ops=None, seeds=None, *, task: str, steps: int | None = None,
+                      progress=None, **options) -> list:
+        """Restore the (1, C, h, w) tensors ``ys`` (image k with operator ``ops[k]`` and seed ``seeds[k]``) and
+        return their results in order. This default restores them one by one with :meth:`restore_tensor`;
+        methods with ``supports_batch`` run same-size images through the network together, with the same
+        results."""
+        n = len(ys)
+        ops = per_image_operators(ops, n)
+        seeds = [None] * n if seeds is None else list(seeds)
+        if len(seeds) != n:
+            raise RestoreKitError(f"got {n} images but {len(seeds)} seeds")
+        return [self.restore_tensor(y, task=task, operator=op, steps=steps, seed=s, progress=progress, **options)
+                for y, op, s in zip(ys, ops, seeds)]
+
+    def compile(self, **kwargs) -> "Restorer":
+        """Compile the method's networks with ``torch.compile`` (methods that support it override this)."""
+        raise RestoreKitError(f"method {self.name!r} does not support --compile / compile()")
+
     def restore_folder(self, input, output, task: str | None = None, operator=None, steps: int | None = None,
                        seed: int = 0, recursive: bool = False, overwrite: bool = False, progress=None,
-                       **options) -> dict:
+                       max_batch: int = 1, **options) -> dict:
         """Restore every image of a folder, glob or ``.txt`` list into the folder ``output``, as ``restorekit run``.
 
         Results are ``<output>/<relative sub-folder>/<stem>_<method>_<task>.png``; images already restored are
         skipped unless ``overwrite``; image k (sorted) gets seed ``seed + k``; an image that fails is reported
         and the others go on. ``operator`` is one operator for every image, or a callable
-        ``operator(image_tensor) -> operator``. Returns ``{"written": [...], "skipped": [...], "failed": {path: message}}``.
+        ``operator(image_tensor) -> operator``. ``max_batch`` same-size images (in sorted order) are restored
+        together through :meth:`restore_batch`, with the results they get one at a time. Returns ``{"written": [...], "skipped": [...], "failed": {path: message}}``.
         """
-        from .files import check_not_inputs, check_writable, collect_inputs, plan_outputs
+        from .files import check_not_inputs, check_writable, collect_inputs, image_size, plan_outputs
         from .io import read_image, save_image
 
         task = task or (self.tasks[0] if len(self.tasks) == 1 else None)
@@ -224,24 +288,51 @@ class Restorer:
         for j in jobs:
             check_writable(j.output)
         report = {"written": [], "skipped": [], "failed": {}}
+        todo = []
         for j in jobs:
             if j.output.exists() and not overwrite:
                 report["skipped"].append(j.output)
-                continue
+            else:
+                todo.append(j)
+        for chunk in batches_by_size(todo, max_batch, lambda j: image_size(j.input)):
+            loaded = []
+            for j in chunk:
+                try:
+                    arr, info = read_image(j.input)
+                    x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+                    check_image_size(self.name, *x.shape[-2:])
+                    op = operator(x) if callable(operator) and not hasattr(operator, "forward") else operator
+                    check_operator_fits(op, x.shape[-2:])
+                    loaded.append((j, x.to(self.device), info, op))
+                except RestoreKitError as e:
+                    report["failed"][j.input] = str(e)
             try:
-                arr, info = read_image(j.input)
-                x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
-                check_image_size(self.name, *x.shape[-2:])
-                op = operator(x) if callable(operator) and not hasattr(operator, "forward") else operator
-                check_operator_fits(op, x.shape[-2:])
-                out = self.restore_tensor(x.to(self.device), task=task, operator=op, steps=steps, seed=seed + j.index,
-                                          **options)
-                save_image(j.output, out, info)
-                report["written"].append(j.output)
+                outs = self.restore_batch([x for _, x, _, _ in loaded], [op for *_, op in loaded],
+                                          [seed + j.index for j, *_ in loaded], task=task, steps=steps, **options)
             except RestoreKitError as e:
-                report["failed"][j.input] = str(e)
+                if len(loaded) == 1:
+                    report["failed"][loaded[0][0].input] = str(e)
+                    outs = [None]
+                else:  # find out which image failed: restore them one by one
+                    outs = []
+                    for j, x, _, op in loaded:
+                        try:
+                            outs.extend(self.restore_batch([x], [op], [seed + j.index], task=task, steps=steps,
+                                                           **options))
+                        except RestoreKitError as e1:
+                            report["failed"][j.input] = str(e1)
+                            outs.append(None)
+            for (j, _, info, _), out in zip(loaded, outs):
+                if out is None:
+                    continue
+                try:
+                    save_image(j.output, out, info)
+                    report["written"].append(j.output)
+                except RestoreKitError as e:
+                    report["failed"][j.input] = str(e)
             if progress is not None:
-                progress(j.index, len(jobs), j.input)
+                for j in chunk:
+                    progress(j.index, len(jobs), j.input)
         return report
 
     def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,

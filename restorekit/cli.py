@@ -80,6 +80,11 @@ def _add_run(sub):
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="network precision (default: the method's; data steps and metrics keep float32/64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="restore up to N same-size images per network call (folder mode; default 1). Image k "
+                        "keeps seed+k, so results do not depend on N (methods without batching loop)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile (DiffPIR; the first call compiles, slowly)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="per-step progress bars inside each image")
@@ -304,6 +309,7 @@ def _check_numbers(args) -> None:
     _number(args, "mask_prob", "--mask-prob", float, 0, 1, hi_open=True)
     _number(args, "box_size", "--box-size", int, 1, None)
     _number(args, "max_megapixels", "--max-megapixels", float, 0, None, lo_open=True)
+    _number(args, "batch_size", "--batch-size", int, 1, 4096)
     if args.use_last_x0 is not None and not isinstance(args.use_last_x0, bool):
         raise RestoreKitError(f"use_last_x0 expects true or false, got {args.use_last_x0!r}")
 
@@ -428,6 +434,11 @@ def cmd_run(args) -> int:
     if card is not None and card.demo:
         print(f"NOTE: using the bundled DEMO model '{card.name}' - demo quality only. For real results pass "
               f"--weights with an official model (see 'restorekit models').", file=sys.stderr)
+    if args.compile:
+        try:
+            restorer.compile()
+        except RestoreKitError as e:
+            print(f"note: {e}; running without torch.compile", file=sys.stderr)
     extra = _coerce_extra(restorer, args.task, extra)
     cfg = restorer.make_config(args.task, args.steps, lambda_=args.lambda_, zeta=args.zeta, eta=args.eta,
                                skip_type=args.skip_type, noise_level=args.noise,
@@ -438,16 +449,29 @@ def cmd_run(args) -> int:
     summaries, failures = [], []
     bar = tqdm(total=len(todo), desc=f"{args.method} {args.task}", unit="img", file=sys.stderr,
                disable=args.no_progress or single)
-    for j in todo:
-        try:
-            summaries.append(_restore_one(args, restorer, cfg, extra, j, degraded.get(j.input), first,
-                                          inner_progress=(single and not args.no_progress) or args.verbose))
-        except RestoreKitError as e:
-            if single:
-                raise
-            failures.append(j.input)
-            tqdm.write(f"error: {j.input}: {str(e).splitlines()[0]}", file=sys.stderr)
-        bar.update(1)
+    batch_size = args.batch_size or 1
+    if single or batch_size == 1:
+        for j in todo:
+            try:
+                summaries.append(_restore_one(args, restorer, cfg, extra, j, degraded.get(j.input), first,
+                                              inner_progress=(single and not args.no_progress) or args.verbose))
+            except RestoreKitError as e:
+                if single:
+                    raise
+                failures.append(j.input)
+                tqdm.write(f"error: {j.input}: {str(e).splitlines()[0]}", file=sys.stderr)
+            bar.update(1)
+    else:
+        from .files import batches_by_size, image_size
+
+        def on_error(job, e):
+            failures.append(job.input)
+            tqdm.write(f"error: {job.input}: {str(e).splitlines()[0]}", file=sys.stderr)
+
+        for chunk in batches_by_size(todo, batch_size, lambda j: image_size(j.input)):
+            summaries.extend(_restore_batch(args, restorer, cfg, extra, chunk, degraded, args.verbose, on_error))
+            bar.update(len(chunk))
+        summaries.sort(key=lambda d: d["seed"])  # sorted input order, as without batches
     bar.close()
     if args.json:
         print(json.dumps(summaries[0] if single else summaries, indent=2))
@@ -478,17 +502,16 @@ def _classical_baseline(task, y, op, noise, reference, orig_hw):
     return ALGORITHMS[task][0], scores
 
 
-def _restore_one(args, restorer, cfg, extra: dict, job, degraded_path, first=None, inner_progress=True) -> dict:
+def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False) -> dict:
+    """Read (and with --degrade degrade) one input: the observation ``y``, its operator and seed."""
     from .api import check_image_size, check_operator_fits
     from .io import pad_to_multiple, read_image, save_image
-    from .metrics import compute_metrics
     from .operators import make_operator, synthesize
 
     arr, info = first if first is not None else read_image(job.input)
     x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
     seed = args.seed + job.index
     method, task = args.method, args.task
-    blind = getattr(type(restorer), "blind", False)
     reference = None
     orig_hw = tuple(x.shape[-2:])
     f = args.scale if (task == "sr" and not args.degrade) else 1
@@ -529,11 +552,23 @@ def _restore_one(args, restorer, cfg, extra: dict, job, degraded_path, first=Non
                                sr_kernel_std=args.sr_kernel_std)
     if task == "inpaint":
         check_operator_fits(op, y.shape[-2:])
-    progress = _progress(f"{method} {task}", not inner_progress)
-    result = restorer.restore_tensor(y.to(restorer.device), task=task, operator=op, steps=args.steps,
-                                     seed=seed, progress=progress, scale=args.scale, lambda_=args.lambda_,
-                                     zeta=args.zeta, eta=args.eta, skip_type=args.skip_type,
-                                     noise_level=args.noise, use_last_x0=args.use_last_x0, **extra)
+    return {"job": job, "x": x, "y": y, "op": op, "seed": seed, "info": info, "reference": reference,
+            "orig_hw": orig_hw, "noise": noise}
+
+
+def _run_options(args, extra: dict) -> dict:
+    return dict(steps=args.steps, scale=args.scale, lambda_=args.lambda_, zeta=args.zeta, eta=args.eta,
+                skip_type=args.skip_type, noise_level=args.noise, use_last_x0=args.use_last_x0, **extra)
+
+
+def _finish_one(args, restorer, cfg, prep: dict, result: torch.Tensor) -> dict:
+    """Crop, check, write one result and print / return its summary (metrics with --degrade)."""
+    from .io import save_image
+    from .metrics import compute_metrics
+
+    job, x, y, op, seed, info = prep["job"], prep["x"], prep["y"], prep["op"], prep["seed"], prep["info"]
+    reference, orig_hw, noise = prep["reference"], prep["orig_hw"], prep["noise"]
+    method, task = args.method, args.task
     if args.degrade and task == "sr":
         result = result[..., : orig_hw[0], : orig_hw[1]]
     if not bool(torch.isfinite(result).all()):
@@ -566,6 +601,54 @@ def _restore_one(args, restorer, cfg, extra: dict, job, degraded_path, first=Non
             print(n, file=sys.stderr)
     print(f"restored image written to {job.output}", file=sys.stderr)
     return summary
+
+
+def _restore_one(args, restorer, cfg, extra: dict, job, degraded_path, first=None, inner_progress=True) -> dict:
+    prep = _prepare_one(args, cfg, job, degraded_path, first, blind=getattr(type(restorer), "blind", False))
+    progress = _progress(f"{args.method} {args.task}", not inner_progress)
+    result = restorer.restore_tensor(prep["y"].to(restorer.device), task=args.task, operator=prep["op"],
+                                     seed=prep["seed"], progress=progress, **_run_options(args, extra))
+    return _finish_one(args, restorer, cfg, prep, result)
+
+
+def _restore_batch(args, restorer, cfg, extra: dict, jobs, degraded: dict, inner_progress: bool, on_error):
+    """Restore ``jobs`` (same-size images) with one ``restore_batch`` call; an image that cannot be read or
+    prepared fails alone (``on_error(job, error)``); if the batch call fails, its images are retried one by one
+    so that the error names the image. Returns the summaries of the images written."""
+    preps = []
+    for j in jobs:
+        try:
+            preps.append(_prepare_one(args, cfg, j, degraded.get(j.input), blind=getattr(type(restorer), "blind", False)))
+        except RestoreKitError as e:
+            on_error(j, e)
+    if not preps:
+        return []
+    progress = _progress(f"{args.method} {args.task} x{len(preps)}", not inner_progress)
+    try:
+        results = restorer.restore_batch([p["y"].to(restorer.device) for p in preps], [p["op"] for p in preps],
+                                         [p["seed"] for p in preps], task=args.task, progress=progress,
+                                         **_run_options(args, extra))
+    except RestoreKitError as e:
+        if len(preps) == 1:
+            on_error(preps[0]["job"], e)
+            return []
+        results = []
+        for p in preps:
+            try:
+                results.extend(restorer.restore_batch([p["y"].to(restorer.device)], [p["op"]], [p["seed"]],
+                                                      task=args.task, **_run_options(args, extra)))
+            except RestoreKitError as e1:
+                on_error(p["job"], e1)
+                results.append(None)
+    summaries = []
+    for p, res in zip(preps, results):
+        if res is None:
+            continue
+        try:
+            summaries.append(_finish_one(args, restorer, cfg, p, res))
+        except RestoreKitError as e:
+            on_error(p["job"], e)
+    return summaries
 
 
 def cmd_train(args) -> int:

@@ -151,3 +151,35 @@ def check_not_inputs(paths: list[Path], inputs: list[Path], overwrite: bool) -> 
         if p.resolve() in ins and not overwrite:
             raise RestoreKitError(f"output {p} is an input image; refusing to overwrite it (pass --overwrite "
                                   f"to replace it, or choose another --output)")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) of an image file from its header, or ``None`` when it cannot be told (then the image is
+    read and restored on its own, and a broken file is reported as usual)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            w, h = im.size
+        return int(h), int(w)
+    except Exception:  # noqa: BLE001 - any unreadable header just means "do not batch this one"
+        return None
+
+
+def batches_by_size(items, batch_size: int, size_of):
+    """Yield batches of at most ``batch_size`` items that share ``size_of(item)``, keeping the input order inside
+    each batch. A batch is yielded as soon as it is full; the incomplete ones at the end, in the order of their
+    first item. An item whose size is ``None`` is yielded alone, at once."""
+    if int(batch_size) < 1:
+        raise RestoreKitError(f"batch size must be >= 1, got {batch_size}")
+    open_: dict = {}
+    for it in items:
+        key = size_of(it)
+        if key is None:
+            yield [it]
+            continue
+        group = open_.setdefault(key, [])
+        group.append(it)
+        if len(group) >= batch_size:
+            yield open_.pop(key)
+    yield from open_.values()

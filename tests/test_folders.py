@@ -90,8 +90,8 @@ def test_restore_list_and_batched_tensor(tiny_weights):
     batch = r.restore(ys, task="deblur", operator=op, steps=3, seed=5)
     assert batch.shape == (3, 3, 16, 16)
     singles = [r.restore(ys[k:k + 1], task="deblur", operator=op, steps=3, seed=5 + k) for k in range(3)]
-    for k in range(3):
-        assert torch.equal(batch[k], singles[k][0])
+    for k in range(3):  # one UNet call on 3 images: equal up to the network's batch-size rounding
+        torch.testing.assert_close(batch[k], singles[k][0], atol=1e-5, rtol=0)
     assert not torch.equal(batch[0], batch[1])
     lst = r.restore([ys[0].numpy().transpose(1, 2, 0), ys[1].numpy().transpose(1, 2, 0)], task="deblur",
                     operator=op, steps=3, seed=5)

@@ -137,13 +137,8 @@ class DiffPIR(Restorer):
             raise TaskError(f"operator {type(operator).__name__} does not fit task {task!r}")
         return operator
 
-    @torch.no_grad()
-    def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
-                       seed: int | None = None, progress=None, scale: int = 4, **options) -> torch.Tensor:
-        self.check_task(task)
-        cfg = self.make_config(task, steps, **options)
-        op = self._check_operator(task, operator, scale)
-        y = y.to(self.device, torch.float32)
+    def _x_init(self, y: torch.Tensor, op, task: str, cfg: DiffPIRConfig) -> torch.Tensor:
+        """The image the chain starts from: y (deblur), bicubic(y) (SR), y * mask (inpaint)."""
         H, W = op.input_size(*y.shape[-2:])
         if task == "sr":
             x_init = F.interpolate(y, size=(H, W), mode="bicubic", align_corners=False)
@@ -152,15 +147,73 @@ class DiffPIR(Restorer):
 
                 sh = shift_pixel(x_init[0].permute(1, 2, 0).cpu().numpy(), op.sf)
                 x_init = torch.from_numpy(sh).permute(2, 0, 1)[None].to(y)
-        elif task == "inpaint":
-            x_init = y * op.mask.to(y)
-        else:
-            x_init = y
-        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        model = GuidedDiffusionModel(self.unet, self.schedule, self.unet.size_multiple)
+            return x_init
+        if task == "inpaint":
+            return y * op.mask.to(y)
+        return y
+
+    def _sample(self, y, op, x_init, cfg, gen, progress, task) -> torch.Tensor:
+        model = GuidedDiffusionModel(self._net(), self.schedule, self.unet.size_multiple)
         try:
             out = diffpir_sample(model, y, op, x_init, cfg, self.schedule, gen, callback=progress, task=task)
         except ValueError as e:
             raise TaskError(str(e)) from None
         return out.clamp(0, 1)
 
+    def _net(self):
+        compiled = getattr(self, "_compiled", None)
+        return self.unet if compiled is None else compiled
+
+    def compile(self, **kwargs) -> "DiffPIR":
+        """Run the UNet through ``torch.compile(unet, **kwargs)`` from now on (``restorekit run --compile``)."""
+        self._compiled = torch.compile(self.unet, **kwargs)
+        return self
+
+    @torch.no_grad()
+    def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
+                       seed: int | None = None, progress=None, scale: int = 4, **options) -> torch.Tensor:
+        self.check_task(task)
+        cfg = self.make_config(task, steps, **options)
+        op = self._check_operator(task, operator, scale)
+        y = y.to(self.device, torch.float32)
+        x_init = self._x_init(y, op, task, cfg)
+        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        return self._sample(y, op, x_init, cfg, gen, progress, task)
+
+    supports_batch = True
+
+    @torch.no_grad()
+    def restore_batch(self, ys, ops=None, seeds=None, *, task: str, steps: int | None = None, progress=None,
+                      scale: int = 4, **options) -> list[torch.Tensor]:
+        """Restore the (1, C, h, w) observations ``ys`` with one UNet call per step for each group of
+        same-size images; ``ops[k]`` / ``seeds[k]`` are image k's operator and seed (``None``: seed 0). Each
+        result equals ``restore_tensor(ys[k], task, ops[k], seed=seeds[k], ...)`` up to the network's
+        batch-size rounding."""
+        from ...api import per_image_operators
+
+        self.check_task(task)
+        cfg = self.make_config(task, steps, **options)
+        n = len(ys)
+        ops = [self._check_operator(task, op, scale) for op in per_image_operators(ops, n)]
+        seeds = [None] * n if seeds is None else list(seeds)
+        if len(seeds) != n:
+            raise TaskError(f"got {n} images but {len(seeds)} seeds")
+        ys = [y.to(self.device, torch.float32) for y in ys]
+        for y in ys:
+            if y.ndim != 4 or y.shape[0] != 1:
+                raise TaskError(f"restore_batch takes (1, C, h, w) images, got shape {tuple(y.shape)}")
+        groups: dict = {}
+        for k, (y, op) in enumerate(zip(ys, ops)):
+            groups.setdefault((tuple(y.shape), op.input_size(*y.shape[-2:])), []).append(k)
+        outs: list = [None] * n
+        for idx in groups.values():
+            gens = [torch.Generator().manual_seed(0 if seeds[k] is None else int(seeds[k])) for k in idx]
+            x_init = torch.cat([self._x_init(ys[k], ops[k], task, cfg) for k in idx])
+            y = torch.cat([ys[k] for k in idx])
+            if len(idx) == 1:  # exactly restore_tensor's call
+                out = self._sample(y, ops[idx[0]], x_init, cfg, gens[0], progress, task)
+            else:
+                out = self._sample(y, [ops[k] for k in idx], x_init, cfg, gens, progress, task)
+            for j, k in enumerate(idx):
+                outs[k] = out[j:j + 1]
+        return outs

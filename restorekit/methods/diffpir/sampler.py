@@ -215,8 +215,16 @@ class GuidedDiffusionModel:
 EpsToX0 = GuidedDiffusionModel
 
 
-def _draw(shape, generator: torch.Generator | None, device, dtype, official: bool) -> torch.Tensor:
-    # drawn on the CPU so that a seed gives the same image on every device
+def _draw(shape, generator, device, dtype, official: bool) -> torch.Tensor:
+    """Gaussian noise of ``shape``, drawn on the CPU so that a seed gives the same image on every device.
+
+    ``generator`` may be a list with one generator per image (batch entry): image k's noise is then drawn from
+    its own generator exactly as a one-image run draws it (shape (1, ...), channels-last with ``official``).
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(shape) < 1 or shape[0] != len(generator):
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0] if shape else 0} images")
+        return torch.cat([_draw((1, *shape[1:]), g, device, dtype, official) for g in generator])
     if official and len(shape) == 4:
         n = torch.empty(shape, dtype=torch.float32, memory_format=torch.channels_last).normal_(generator=generator)
     else:
@@ -241,6 +249,17 @@ def dps_grad(x: torch.Tensor, estimate: torch.Tensor, measurement: torch.Tensor,
         norm = torch.linalg.norm(measurement - degrade(estimate))
         g, = torch.autograd.grad(norm, x)
     return g, norm.detach()
+
+
+def dps_grad_batch(x: torch.Tensor, estimate: torch.Tensor, measurements: list, degrades: list):
+    """:func:`dps_grad` for a batch whose images have their own problems: image k's norm
+    ``||measurements[k] - degrades[k](estimate[k])||`` (a (N, 1, 1, 1) tensor) and the gradient of their sum,
+    which for image k is the gradient of its own norm (images do not interact)."""
+    with torch.enable_grad():
+        norms = torch.stack([torch.linalg.norm(m - d(estimate[k:k + 1]))
+                             for k, (m, d) in enumerate(zip(measurements, degrades))])
+        g, = torch.autograd.grad(norms.sum(), x)
+    return g, norms.detach().reshape(-1, 1, 1, 1)
 
 
 class _Problem:
@@ -287,9 +306,33 @@ class _Problem:
         return 2 * self.y - 1
 
 
-def diffpir_sample(x0_fn: Callable[[torch.Tensor, int], torch.Tensor], y: torch.Tensor, operator: LinearOperator,
+class _Problems:
+    """One :class:`_Problem` per image of a batch (each with its own operator and observation), seen as one:
+    data steps run image by image, DPS gradients use one norm per image."""
+
+    def __init__(self, operators, y: torch.Tensor, cfg: DiffPIRConfig, task: str):
+        if len(operators) != y.shape[0]:
+            raise ValueError(f"{len(operators)} operators for a batch of {y.shape[0]} images")
+        self.items = [_Problem(op, y[k:k + 1], cfg, task) for k, op in enumerate(operators)]
+        self.inpaint = all(p.inpaint for p in self.items)
+        if self.inpaint != any(p.inpaint for p in self.items):
+            raise ValueError("a batch mixes inpainting and other operators")
+
+    def analytic(self, x0: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p.analytic(x0[k:k + 1], rho) for k, p in enumerate(self.items)])
+
+    def grad(self, x: torch.Tensor, estimate: torch.Tensor, measurements=None):
+        meas = measurements if measurements is not None else [p.measurement() for p in self.items]
+        return dps_grad_batch(x, estimate, meas, [p.degrade for p in self.items])
+
+    def mask(self, channels: int) -> torch.Tensor:
+        return torch.cat([p.op.mask.expand(1, channels, *p.op.mask.shape[-2:]) for p in self.items])
+
+
+def diffpir_sample(x0_fn: Callable[[torch.Tensor, int], torch.Tensor], y: torch.Tensor,
+                   operator: LinearOperator | list[LinearOperator],
                    x_init: torch.Tensor, config: DiffPIRConfig, schedule: LinearSchedule | None = None,
-                   generator: torch.Generator | None = None,
+                   generator: torch.Generator | list[torch.Generator] | None = None,
                    callback: Callable[[int, int, int], None] | None = None, task: str | None = None) -> torch.Tensor:
     """Run DiffPIR (any official ``generate_mode``). ``y`` and ``x_init`` are in [0, 1]; returns [0, 1].
 
@@ -298,15 +341,25 @@ def diffpir_sample(x0_fn: Callable[[torch.Tensor, int], torch.Tensor], y: torch.
     inpainting). ``x0_fn`` is a :class:`GuidedDiffusionModel` (any mode) or a
     plain ``x0(x, t)`` function (DiffPIR mode with ``pred_xstart`` only).
     ``task`` (deblur / sr / inpaint) is inferred from the operator when omitted.
+
+    Batches: ``y`` and ``x_init`` may hold N images of one size. ``operator`` is then one operator for all, or a
+    list of N (image k's data step and DPS norm use its own); ``generator`` is one generator for the whole batch,
+    or a list of N, image k's noise then being drawn from ``generator[k]`` exactly as a one-image run with that
+    generator draws it, so that a batch gives each image the result it gets alone (the network runs once per
+    step on all N).
     """
     cfg = config
     cfg.check()
     sch = schedule or LinearSchedule()
     T = sch.num_train_timesteps
     device, dtype = y.device, y.dtype
-    inpaint = isinstance(operator, Inpainting)
+    per_image = isinstance(operator, (list, tuple))
+    first_op = operator[0] if per_image else operator
+    inpaint = isinstance(first_op, Inpainting)
     if task is None:
-        task = "inpaint" if inpaint else ("sr" if getattr(operator, "sf", 1) > 1 else "deblur")
+        task = "inpaint" if inpaint else ("sr" if getattr(first_op, "sf", 1) > 1 else "deblur")
+    if isinstance(generator, (list, tuple)) and len(generator) != y.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {y.shape[0]} images")
     mode, mot = cfg.generate_mode, cfg.model_output_type
     dps = mode.startswith("DPS")
     full_model = hasattr(x0_fn, "sample")
@@ -335,8 +388,17 @@ def diffpir_sample(x0_fn: Callable[[torch.Tensor, int], torch.Tensor], y: torch.
     seq = diffpir_sequence(cfg.steps, cfg.skip_type, T)
     ts = [T - 1 - s for s in seq]
     n = len(ts)
-    prob = _Problem(operator, y, cfg, task)
-    mask = operator.mask.to(device=device, dtype=dtype) if inpaint else None
+    if per_image:
+        prob = _Problems(operator, y, cfg, task)
+        mask = prob.mask(y.shape[1]).to(device=device, dtype=dtype) if inpaint else None
+        grad = prob.grad
+    else:
+        prob = _Problem(operator, y, cfg, task)
+        mask = operator.mask.to(device=device, dtype=dtype) if inpaint else None
+
+        def grad(x, estimate, measurements=None):
+            return dps_grad(x, estimate, prob.measurement() if measurements is None else measurements,
+                            prob.degrade)
     yy = 2 * y - 1
 
     def noise(shape=None):
@@ -407,15 +469,15 @@ def diffpir_sample(x0_fn: Callable[[torch.Tensor, int], torch.Tensor], y: torch.
                         x = (mask * yy + rhos[t] * x) / (mask + rhos[t])
                 elif mode == "DiffPIR":  # sub_1_analytic=False: one gradient step
                     x0 = x0.detach().requires_grad_()
-                    g, norm = dps_grad(x0, x0, prob.measurement(), prob.degrade)
+                    g, norm = grad(x0, x0)
                     x0 = (x0 - g * norm / rhos[t]).detach()
                 elif mode == "DPS_y0":
-                    g, _ = dps_grad(x, x0, prob.measurement(), prob.degrade)
+                    g, _ = grad(x, x0)
                     x = (xt - g * 1.0).detach()
                 elif mode == "DPS_yt":
                     y_t = sac[t] * yy + s1m[t] * noise(y.shape)
                     meas = y_t / 2 + 0.5 if task == "deblur" else y_t
-                    g, norm = dps_grad(xt, xt, meas, prob.degrade)
+                    g, norm = grad(xt, xt, list(meas.split(1)) if per_image else meas)
                     x = (xt - g * cfg.lambda_ * norm / rhos[t] * 0.35).detach()
             elif cfg.use_last_x0 and mot == "pred_xstart" and mode == "DiffPIR" and i == n - 1:
                 x0 = prob.analytic(x0, rhos[t])

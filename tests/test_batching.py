@@ -1,0 +1,189 @@
+"""Batches (issue #12): N images per network call give each image the result it gets alone with seed S+k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from restorekit import Restorer
+from restorekit.cli import main
+from restorekit.files import batches_by_size
+from restorekit.methods.diffpir import restorer as diffpir_restorer
+from restorekit.operators import Blur, Inpainting, gaussian_kernel
+
+
+@pytest.fixture
+def unet_batches(monkeypatch):
+    """Records the batch size of every DiffPIR sampler run (the UNet sees that many images per call)."""
+    sizes = []
+    orig = diffpir_restorer.diffpir_sample
+
+    def spy(model, y, *a, **k):
+        sizes.append(y.shape[0])
+        return orig(model, y, *a, **k)
+
+    monkeypatch.setattr(diffpir_restorer, "diffpir_sample", spy)
+    return sizes
+
+
+def _ys(sizes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(1, 3, h, w, generator=g) for h, w in sizes]
+
+
+@pytest.mark.parametrize("opts", [{}, {"generate_mode": "DPS_y0"}], ids=["diffpir", "dps_y0"])
+def test_diffpir_batch_equals_one_at_a_time(tiny_weights, unet_batches, opts):
+    """Three 16x16 images with their own kernels and seeds in one batch (plus one 12x20 image, its own group):
+    each result equals the one-image run with its seed; swapping the seeds changes the results."""
+    r = Restorer.from_pretrained(tiny_weights, method="diffpir", device="cpu")
+    ys = _ys([(16, 16), (12, 20), (16, 16), (16, 16)])
+    ops = [Blur(gaussian_kernel(5, s)) for s in (0.8, 1.5, 1.2, 2.0)]
+    seeds = [7, 8, 9, 10]
+    batch = r.restore_batch(ys, ops, seeds, task="deblur", steps=3, **opts)
+    assert sorted(unet_batches) == [1, 3]  # the three 16x16 images went through the UNet together
+    unet_batches.clear()
+    for k in range(4):
+        alone = r.restore_tensor(ys[k], "deblur", ops[k], steps=3, seed=seeds[k], **opts)
+        assert batch[k].shape == alone.shape
+        torch.testing.assert_close(batch[k], alone, atol=1e-5, rtol=0)
+    assert unet_batches == [1, 1, 1, 1]
+    # the noise streams matter: image 0 restored with image 2's seed is clearly different
+    other = r.restore_tensor(ys[0], "deblur", ops[0], steps=3, seed=seeds[2], **opts)
+    assert (other - batch[0]).abs().max() > 1e-2
+
+
+def test_restore_batched_tensor_with_a_batch_of_masks(tiny_weights, unet_batches):
+    """restore() on an (N, C, H, W) tensor with an Inpainting operator carrying N masks: one batch, and each
+    image equals its own one-image run (seed + k, its own mask)."""
+    r = Restorer.from_pretrained(tiny_weights, method="diffpir", device="cpu")
+    g = torch.Generator().manual_seed(1)
+    ys = torch.rand(3, 3, 16, 16, generator=g)
+    masks = (torch.rand(3, 1, 16, 16, generator=g) > 0.5).float()
+    out = r.restore(ys, task="inpaint", operator=Inpainting(masks), steps=3, seed=4)
+    assert unet_batches == [3] and out.shape == ys.shape
+    for k in range(3):
+        alone = r.restore_tensor(ys[k:k + 1], "inpaint", Inpainting(masks[k:k + 1]), steps=3, seed=4 + k)
+        torch.testing.assert_close(out[k], alone[0], atol=1e-5, rtol=0)
+    with pytest.raises(Exception, match="2 masks but there are 3 images"):
+        r.restore(ys, task="inpaint", operator=Inpainting(masks[:2]), steps=3)
+
+
+def test_max_batch_splits_and_keeps_order(tiny_weights, unet_batches):
+    """max_batch=2 on three images: batches of 2 and 1, results in input order and as one-at-a-time."""
+    r = Restorer.from_pretrained(tiny_weights, method="diffpir", device="cpu")
+    ys = [y[0] for y in _ys([(16, 16)] * 3, seed=2)]
+    op = Blur(gaussian_kernel(5, 1.0))
+    out = r.restore(ys, task="deblur", operator=op, steps=2, seed=0, max_batch=2)
+    assert unet_batches == [2, 1] and isinstance(out, list) and len(out) == 3
+    for k in range(3):
+        alone = r.restore_tensor(ys[k][None], "deblur", op, steps=2, seed=k)
+        torch.testing.assert_close(out[k], alone[0], atol=1e-5, rtol=0)
+
+
+def test_batches_by_size_groups_in_sorted_order():
+    sizes = {"a": (2, 2), "b": (3, 3), "c": (2, 2), "d": None, "e": (2, 2), "f": (3, 3), "g": (2, 2)}
+    got = list(batches_by_size(list("abcdefg"), 2, sizes.get))
+    assert got == [["a", "c"], ["d"], ["b", "f"], ["e", "g"]]
+    assert list(batches_by_size(list("abc"), 5, sizes.get)) == [["a", "c"], ["b"]]
+
+
+def _png(path, hw, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8)).save(path)
+
+
+def test_cli_batch_size_gives_the_same_images(tmp_path, tiny_weights, unet_batches):
+    """`--batch-size 3` on a folder of mixed sizes (with --degrade: a random kernel per image) writes the same
+    images as `--batch-size 1`, and really batches the three 16x16 images."""
+    photos = tmp_path / "photos"
+    for name, hw, s in [("a", (16, 16), 1), ("b", (20, 12), 2), ("c", (16, 16), 3), ("d", (16, 16), 4),
+                        ("e", (20, 12), 5)]:
+        _png(photos / f"{name}.png", hw, s)
+    common = ["--task", "deblur", "--degrade", "--steps", "2", "--kernel-size", "5", "--weights", str(tiny_weights),
+              "--no-progress", "--seed", "3"]
+    assert main(["run", "--input", str(photos), "--output", str(tmp_path / "one")] + common) == 0
+    assert unet_batches == [1] * 5
+    unet_batches.clear()
+    assert main(["run", "--input", str(photos), "--output", str(tmp_path / "three"), "--batch-size", "3"]
+                + common) == 0
+    assert unet_batches == [3, 2]
+    for name in "abcde":
+        a = np.asarray(Image.open(tmp_path / "one" / f"{name}_diffpir_deblur.png")).astype(int)
+        b = np.asarray(Image.open(tmp_path / "three" / f"{name}_diffpir_deblur.png")).astype(int)
+        assert np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01  # 8-bit rounding of ~1e-6 differences
+
+
+def test_cli_batch_size_rejects_nonsense(tmp_path, capsys):
+    rc = main(["run", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--task", "deblur",
+               "--batch-size", "0"])
+    assert rc == 2 and "--batch-size must be" in capsys.readouterr().err
+
+
+def test_default_restore_batch_loops_for_other_methods():
+    """A method without its own batching (classical) goes through the looping default with the same results."""
+    r = Restorer.from_pretrained(method="classical", device="cpu")
+    assert not r.supports_batch
+    ys = [y[0] for y in _ys([(16, 16), (16, 16)], seed=3)]
+    op = Blur(gaussian_kernel(5, 1.0))
+    out = r.restore(ys, task="deblur", operator=op, noise_level=0.01)
+    for k in range(2):
+        alone = r.restore(ys[k], task="deblur", operator=op, noise_level=0.01, seed=k)
+        assert torch.equal(out[k], alone)
+
+
+def test_compile_sends_the_unet_through_torch_compile(tiny_weights, monkeypatch):
+    """DiffPIR.compile() wraps the UNet with torch.compile (replaced here by a counting wrapper: compiling for
+    real takes minutes on CPU) and sampling then calls the wrapped network, with unchanged results."""
+    r = Restorer.from_pretrained(tiny_weights, method="diffpir", device="cpu")
+    y = _ys([(16, 16)], seed=5)[0]
+    op = Blur(gaussian_kernel(5, 1.0))
+    plain = r.restore_tensor(y, "deblur", op, steps=3, seed=0)
+    seen = {"kw": None, "calls": 0}
+
+    class Counting(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, *a):
+            seen["calls"] += 1
+            return self.net(*a)
+
+    def fake_compile(model, **kw):
+        seen["kw"] = kw
+        return Counting(model)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    r.compile(mode="max-autotune")
+    out = r.restore_tensor(y, "deblur", op, steps=3, seed=0)
+    assert seen["kw"] == {"mode": "max-autotune"} and seen["calls"] == 3  # one UNet call per step
+    assert torch.equal(out, plain)
+
+
+def test_compile_flag_on_a_method_without_it(tmp_path, capsys):
+    img = tmp_path / "a.png"
+    _png(img, (16, 16), 0)
+    rc = main(["run", "--method", "classical", "--task", "deblur", "--degrade", "--kernel-size", "5", "--input",
+               str(img), "--output", str(tmp_path / "o.png"), "--compile", "--no-progress"])
+    assert rc == 0 and "does not support --compile" in capsys.readouterr().err
+
+
+def test_restore_folder_max_batch(tmp_path, tiny_weights, unet_batches):
+    """restore_folder(max_batch=2) batches the two 16x16 images and writes what max_batch=1 writes."""
+    photos = tmp_path / "p"
+    for name, hw, s in [("a", (16, 16), 1), ("b", (12, 20), 2), ("c", (16, 16), 3)]:
+        _png(photos / f"{name}.png", hw, s)
+    r = Restorer.from_pretrained(tiny_weights, method="diffpir", device="cpu")
+    op = lambda x: Blur(gaussian_kernel(5, 1.0))  # noqa: E731
+    one = r.restore_folder(photos, tmp_path / "one", task="deblur", operator=op, steps=2, seed=1)
+    assert unet_batches == [1, 1, 1]
+    unet_batches.clear()
+    two = r.restore_folder(photos, tmp_path / "two", task="deblur", operator=op, steps=2, seed=1, max_batch=2)
+    assert unet_batches == [2, 1] and len(two["written"]) == len(one["written"]) == 3
+    for name in "abc":
+        a = np.asarray(Image.open(tmp_path / "one" / f"{name}_diffpir_deblur.png")).astype(int)
+        b = np.asarray(Image.open(tmp_path / "two" / f"{name}_diffpir_deblur.png")).astype(int)
+        assert np.abs(a - b).max() <= 1
