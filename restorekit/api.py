@@ -157,7 +157,7 @@ class Restorer:
             return obj
         if card is None and path is None:
             card = get_card(target.default_model)
-        if card is not None and path is None:
+        if card is not None and path is None and not getattr(target, "resolves_own_weights", False):
             path = resolve_card(card, download=download)
         obj = target._from_weights(path, card=card, device=device, **kwargs)
         obj.card, obj.weights_path = card, path

@@ -129,12 +129,16 @@ def _add_bench(sub):
     p.add_argument("--output", default=None, help="results folder (default: the config's output)")
     p.add_argument("--device", default=None)
     p.add_argument("--limit", type=int, default=None, help="only the first N items (smoke runs)")
+    p.add_argument("--report-only", action="store_true", help="rewrite the reports from the records; run nothing")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .bench import rebuild_reports, run_bench
 
+    if args.report_only:
+        rebuild_reports(args.config, output=args.output)
+        return 0
     run_bench(args.config, output=args.output, device=args.device, limit=args.limit,
               log=lambda s: print(s, file=sys.stderr))
     return 0
@@ -156,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_bench(sub)
     _add_models(sub)
+    from .ui.cli import add_ui_parser  # imports no Gradio until the app is built
+
+    add_ui_parser(sub)
     return ap
 
 
@@ -423,6 +430,11 @@ def cmd_run(args) -> int:
     load_kw = {}
     if args.precision is not None:
         load_kw["torch_dtype"] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
+    if args.method == "diffbir":  # DiffBIR loads the files of the task (and version / stage 1 given as options)
+        load_kw["task"] = args.task
+        for k in ("version", "stage1"):
+            if k in extra:
+                load_kw[k] = extra.pop(k)
     try:
         restorer = cls.from_pretrained(args.weights or cls.default_model_for(args.task), device=args.device,
                                        **load_kw)

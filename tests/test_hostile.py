@@ -203,3 +203,15 @@ def test_api_noisy_float_input_is_not_clamped(restorer):
 def test_from_pretrained_without_arguments_loads_the_default():
     r = Restorer.from_pretrained(device="cpu")
     assert r.name == "diffpir" and r.card.name == "diffpir-demo"
+
+
+def test_diffbir_offline_lists_every_missing_file_once(capsys, scene):
+    tmp, img, _ = scene
+    rc = main(["run", "--method", "diffbir", "--task", "sr", "--input", str(img), "--output", str(tmp / "o.png"),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and not (tmp / "o.png").exists()
+    assert err.count("error:") == 1 and "needs 5 file(s)" in err
+    for f in ("sd2.1-base-zsnr-laionaes5.ckpt", "vocab.json", "merges.txt", "DiffBIR_v2.1.pt"):
+        assert f in err
+    assert err.count("put it at") == 5

@@ -15,7 +15,7 @@ import torch
 from ...api import Restorer
 from ...errors import TaskError, WeightsError
 from ...registry import get_card, register_method
-from ...weights import ModelCard, load_state_dict, load_strict, resolve_card
+from ...weights import ModelCard, cache_dir, load_state_dict, load_strict, resolve_card
 from .pipeline import DiffBIRPipeline, DiffBIRSettings
 
 TASKS = ("sr", "face", "denoise", "unaligned_face")
@@ -107,6 +107,8 @@ class DiffBIR(Restorer):
     tasks = TASKS
     blind = True
     default_model = "diffbir-v2.1"
+    #: from_pretrained hands a card over unresolved: _from_weights finds all its files and lists every missing one
+    resolves_own_weights = True
 
     def __init__(self, pipeline: DiffBIRPipeline, version: str = "v2.1", device=None, locate=None,
                  stage1_override: str | None = None):
@@ -176,8 +178,8 @@ class DiffBIR(Restorer):
             raise TypeError(f"unexpected options for DiffBIR.from_pretrained: {sorted(kwargs)}")
         dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
-        folder = Path(path) if Path(path).is_dir() else None
-        given_cn = None if folder is not None else Path(path)
+        folder = Path(path) if path is not None and Path(path).is_dir() else None
+        given_cn = None if (folder is not None or path is None) else Path(path)
 
         def locate(name: str) -> Path:
             c = get_card(name)
@@ -200,12 +202,14 @@ class DiffBIR(Restorer):
         for comp, name in needed.items():
             try:
                 paths[comp] = locate(name)
-            except WeightsError as e:
-                missing.append(f"{comp}: {str(e).splitlines()[0]}")
+            except WeightsError:
+                c = get_card(name)
+                target = (folder or cache_dir()) / c.filename
+                missing.append(f"{comp}: {c.filename} from {_source(c)} -> put it at {target}")
         if missing:
-            where = folder or "the restorekit cache (see 'restorekit models')"
-            raise WeightsError(f"DiffBIR {version} ({task}) needs files that are not in {where}:\n  "
-                               + "\n  ".join(missing))
+            where = folder or "the restorekit cache"
+            raise WeightsError(f"DiffBIR {version} ({task}) needs {len(missing)} file(s) that are not in {where} "
+                               f"(or $RESTOREKIT_WEIGHTS):\n  " + "\n  ".join(missing))
         if paths["tokenizer_merges"].parent != paths["tokenizer_vocab"].parent:
             raise WeightsError("vocab.json and merges.txt must be in the same folder")
 
