@@ -393,7 +393,7 @@ def cmd_run(args) -> int:
 
     # --- everything that can be checked before loading a model ------------------------------------------
     jobs, single = collect_inputs(args.input, args.recursive)
-    folder = plan_outputs(jobs, args.output, single, args.method, args.task)
+    plan_outputs(jobs, args.output, single, args.method, args.task)
     if args.save_degraded and not single:
         raise RestoreKitError("--save-degraded names one file: use it with a single --input")
     degraded = {}
@@ -405,7 +405,8 @@ def cmd_run(args) -> int:
     check_not_inputs(outputs, [j.input for j in jobs], args.overwrite)
     for o in outputs:
         check_writable(o)
-    kernel_tensor = _read_kernel(args.kernel_file) if args.kernel_file else None
+    if args.kernel_file:
+        _read_kernel(args.kernel_file)  # a bad kernel file fails before any work
     todo = jobs
     if not single and not args.overwrite:
         todo = [j for j in jobs if not j.output.exists()]
