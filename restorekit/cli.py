@@ -407,16 +407,18 @@ def cmd_run(args) -> int:
         check_writable(o)
     if args.kernel_file:
         _read_kernel(args.kernel_file)  # a bad kernel file fails before any work
-    todo = jobs
+    # deal the images to the processes first (a fixed split of the sorted list), then skip finished ones, so
+    # that one process finishing an image early never shifts another's share
+    rank, world = _rank_world()
+    mine = jobs[rank::world]
+    todo = mine
     if not single and not args.overwrite:
-        todo = [j for j in jobs if not j.output.exists()]
-        if len(todo) < len(jobs):
-            print(f"{len(jobs) - len(todo)} of {len(jobs)} images already restored in {args.output} "
+        todo = [j for j in mine if not j.output.exists()]
+        if len(todo) < len(mine):
+            print(f"{len(mine) - len(todo)} of {len(mine)} images already restored in {args.output} "
                   f"(skipped; --overwrite redoes them)", file=sys.stderr)
     elif single and jobs[0].output.exists():
         print(f"note: {jobs[0].output} exists and will be overwritten", file=sys.stderr)
-    rank, world = _rank_world()
-    todo = todo[rank::world]
     first = None
     if single:  # a single unreadable image fails before the weights are loaded
         first = read_image(jobs[0].input)
