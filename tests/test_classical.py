@@ -65,12 +65,10 @@ def test_harmonic_fill_solves_laplace():
     known = rng.random((20, 18)) > 0.5
     out = harmonic_fill(img, known)
     assert np.array_equal(out[known], img[known])
-    pad = np.pad(out, ((1, 1), (1, 1), (0, 0)), mode="edge")  # Neumann border: edge neighbours are absent
-    h, w = known.shape
+    h, w = known.shape  # at the border only the neighbours inside the image count
     for i, j in np.argwhere(~known):
         nb = [(a, b) for a, b in ((i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)) if 0 <= a < h and 0 <= b < w]
         assert np.allclose(out[i, j], np.mean([out[a, b] for a, b in nb], axis=0), atol=1e-8)
-    del pad
 
 
 @pytest.mark.parametrize("task,algorithm", [("deblur", "wiener"), ("deblur", "tv"), ("sr", "bicubic"),

@@ -215,3 +215,10 @@ def test_diffbir_offline_lists_every_missing_file_once(capsys, scene):
     for f in ("sd2.1-base-zsnr-laionaes5.ckpt", "vocab.json", "merges.txt", "DiffBIR_v2.1.pt"):
         assert f in err
     assert err.count("put it at") == 5
+
+
+def test_to_moves_the_networks(restorer):
+    assert restorer.to("cpu") is restorer and restorer.device.type == "cpu"
+    assert all(p.device.type == "cpu" for p in restorer.unet.parameters())
+    with pytest.raises(RestoreKitError, match="device"):
+        restorer.to("gpu")

@@ -311,18 +311,39 @@ def _save(fig, out: Path, name: str, plt):
     os.replace(tmp, out / name)
 
 
+def _panel_grid(plt, records: list[dict]):
+    """A figure with one panel per dataset/task (3 per row): (fig, axes, [(ax, (dataset, task), records)])."""
+    keys = _panels(records)
+    cols = min(3, len(keys))
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    panels = [(ax, (ds, task), [r for r in records if (r["dataset"], r["task"]) == (ds, task)
+                                and r.get("psnr") is not None])
+              for ax, (ds, task) in zip(axes.ravel(), keys)]
+    return fig, axes, panels
+
+
+def _label_panel(ax, xlabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+
+
+def _finish_grid(fig, axes, n: int, out: Path, name: str, plt) -> None:
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    _save(fig, out, name, plt)
+
+
 def _nfe_plot(out: Path, records: list[dict]) -> None:
     """PSNR against network evaluations, one panel per dataset/task; methods without NFE as dashed lines."""
     if not any(_nfe(r) and r.get("psnr") is not None for r in records):
         return
     plt = _plot_setup()
-    panels = _panels(records)
-    n = len(panels)
-    cols = min(3, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, (ds, task) in zip(axes.ravel(), panels):
-        rs = [r for r in records if (r["dataset"], r["task"]) == (ds, task) and r.get("psnr") is not None]
+    fig, axes, panels = _panel_grid(plt, records)
+    for ax, (ds, task), rs in panels:
         by: dict = {}
         flat: dict = {}
         for r in rs:
@@ -342,14 +363,8 @@ def _nfe_plot(out: Path, records: list[dict]) -> None:
             ax.set_xticklabels([str(t) for t in ticks])
             ax.minorticks_off()
         ax.set_title(f"{ds} / {task}", fontsize=9)
-        ax.set_xlabel("NFE")
-        ax.set_ylabel("PSNR (dB)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    _save(fig, out, "quality_vs_nfe.png", plt)
+        _label_panel(ax, "NFE")
+    _finish_grid(fig, axes, len(panels), out, "quality_vs_nfe.png", plt)
 
 
 def _seconds_plot(out: Path, records: list[dict]) -> None:
@@ -357,13 +372,8 @@ def _seconds_plot(out: Path, records: list[dict]) -> None:
     if not any(r.get("psnr") is not None for r in records):
         return
     plt = _plot_setup()
-    panels = _panels(records)
-    n = len(panels)
-    cols = min(3, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, (ds, task) in zip(axes.ravel(), panels):
-        rs = [r for r in records if (r["dataset"], r["task"]) == (ds, task) and r.get("psnr") is not None]
+    fig, axes, panels = _panel_grid(plt, records)
+    for ax, (ds, task), rs in panels:
         by: dict = {}
         for r in rs:
             by.setdefault(r["method"], {}).setdefault(_nfe(r) or 0, []).append((r["seconds"], r["psnr"]))
@@ -374,14 +384,8 @@ def _seconds_plot(out: Path, records: list[dict]) -> None:
             ax.plot(xs, ys, marker="o", label=m, color=f"C{i % 10}")
         ax.set_xscale("log")
         ax.set_title(f"{ds} / {task}", fontsize=9)
-        ax.set_xlabel("seconds per image")
-        ax.set_ylabel("PSNR (dB)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    _save(fig, out, "psnr_vs_seconds.png", plt)
+        _label_panel(ax, "seconds per image")
+    _finish_grid(fig, axes, len(panels), out, "psnr_vs_seconds.png", plt)
 
 
 # ----------------------------------------------------------------------------- HTML
