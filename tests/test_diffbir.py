@@ -217,7 +217,7 @@ def test_openclip_text_tower_loads_strictly_and_matches_open_clip(tmp_path):
     """A small OpenCLIP text tower in SD's ldm naming -> transformers CLIPTextModel (one layer less): strict
     mapping, the penultimate-layer output of open_clip (as DiffBIR's FrozenOpenCLIPEmbedder) reproduced; an
     unknown key is an error naming the file and the key."""
-    open_clip = pytest.importorskip("open_clip")
+    pytest.importorskip("open_clip")
     from open_clip.model import CLIP
     from transformers import CLIPTextConfig, CLIPTextModel
 
