@@ -8,7 +8,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,6 +68,11 @@ def _add_run(sub):
     p.add_argument("--skip-type", choices=("quad", "uniform"), default=None)
     p.add_argument("--use-last-x0", action="store_true", default=None,
                    help="return the data-consistent last x0 instead of upstream's final x_t")
+    p.add_argument("--stage1", default=None, metavar="NAME|PATH",
+                   help="DiffBIR stage-1 restorer: a stage-1 model name (bsrnet, swinir-general, swinir-realesrgan, "
+                        "swinir-face, scunet-psnr) or any model file spandrel loads (Real-ESRGAN, SwinIR, HAT, ...; "
+                        ".pth/.ckpt/.safetensors). A x1 model runs on the LQ image resized by --scale, a model that "
+                        "upscales runs on the LQ image and its result is resized to --scale x")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="any other method option, e.g. DiffBIR: --opt tiled=true --opt guidance_scale=0.1 "
                         "--opt cfg_scale=4 --opt pos_prompt='a photo'; DiffPIR: --opt guidance_scale=1 (repeatable). "
@@ -185,36 +189,6 @@ def _parse_opts(items: list[str]) -> dict:
     return out
 
 
-def _read_kernel(path: str) -> torch.Tensor:
-    p = Path(path)
-    if not p.is_file():
-        raise TaskError(f"kernel file not found: {p}")
-    if p.suffix == ".npy":
-        try:
-            k = np.load(p).astype(np.float64)
-        except Exception as e:
-            raise TaskError(f"cannot read kernel {p}: {e}") from None
-    else:
-        from .io import read_image
-
-        arr, _ = read_image(p)
-        k = arr.mean(axis=2).astype(np.float64)
-    k = np.squeeze(k)
-    if k.ndim != 2 or k.sum() <= 0 or not np.all(np.isfinite(k)) or (k < 0).any():
-        raise TaskError(f"kernel {p} must be a 2-D non-negative array with a positive sum")
-    return torch.from_numpy(k / k.sum()).float()
-
-
-def _read_mask(path: str, h: int, w: int) -> torch.Tensor:
-    from .io import read_image
-
-    arr, _ = read_image(path)
-    m = (arr.mean(axis=2) > 0.5).astype(np.float32)
-    if m.shape != (h, w):
-        raise TaskError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but the image is {w}x{h}")
-    return torch.from_numpy(m)[None, None]
-
-
 def _progress(total_hint: str, disable: bool):
     from tqdm.auto import tqdm
 
@@ -236,7 +210,7 @@ CONFIG_KEYS = {"method", "task", "scale", "steps", "lambda_", "zeta", "eta", "sk
 #: --opt keys that are also named flags -> the flag's attribute (one rule: the same option, whichever way given)
 FLAG_OPTS = {"lambda": "lambda_", "lambda_": "lambda_", "lam": "lambda_", "zeta": "zeta", "eta": "eta",
              "skip_type": "skip_type", "noise": "noise", "noise_level": "noise", "steps": "steps", "nfe": "steps",
-             "seed": "seed", "scale": "scale", "use_last_x0": "use_last_x0"}
+             "seed": "seed", "scale": "scale", "use_last_x0": "use_last_x0", "stage1": "stage1"}
 #: below these step counts a method's result is poor (DiffPIR at 1-3 NFE is worse than its input)
 USEFUL_MIN_STEPS = {"diffpir": 10, "diffbir": 5}
 
@@ -378,13 +352,15 @@ def _rank_world() -> tuple[int, int]:
 def cmd_run(args) -> int:
     from .api import check_image_size
     from .files import check_not_inputs, check_writable, collect_inputs, plan_outputs
-    from .io import read_image
+    from .io import read_image, read_kernel
     from .registry import get_method
 
     _apply_config(args)
     extra = _merge_opts(args)
     _check_numbers(args)
     cls = get_method(args.method)
+    if getattr(args, "stage1", None) is not None and args.method != "diffbir":
+        raise TaskError(f"--stage1 is a DiffBIR option; method {args.method!r} has no stage 1")
     if args.task not in cls.tasks:
         raise TaskError(f"method {args.method!r} does not do task {args.task!r}; it does: {', '.join(cls.tasks)}")
     if args.steps is not None and args.steps < USEFUL_MIN_STEPS.get(args.method, 0):
@@ -406,7 +382,7 @@ def cmd_run(args) -> int:
     for o in outputs:
         check_writable(o)
     if args.kernel_file:
-        _read_kernel(args.kernel_file)  # a bad kernel file fails before any work
+        read_kernel(args.kernel_file)  # a bad kernel file fails before any work
     # deal the images to the processes first (a fixed split of the sorted list), then skip finished ones, so
     # that one process finishing an image early never shifts another's share
     rank, world = _rank_world()
@@ -435,9 +411,10 @@ def cmd_run(args) -> int:
         load_kw["torch_dtype"] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
     if args.method == "diffbir":  # DiffBIR loads the files of the task (and version / stage 1 given as options)
         load_kw["task"] = args.task
-        for k in ("version", "stage1"):
-            if k in extra:
-                load_kw[k] = extra.pop(k)
+        if "version" in extra:
+            load_kw["version"] = extra.pop("version")
+        if getattr(args, "stage1", None) is not None:
+            load_kw["stage1"] = str(args.stage1)
     try:
         restorer = cls.from_pretrained(args.weights or cls.default_model_for(args.task), device=args.device,
                                        **load_kw)
@@ -520,7 +497,7 @@ def _classical_baseline(task, y, op, noise, reference, orig_hw):
 def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False) -> dict:
     """Read (and with --degrade degrade) one input: the observation ``y``, its operator and seed."""
     from .api import check_image_size, check_operator_fits
-    from .io import pad_to_multiple, read_image, save_image
+    from .io import pad_to_multiple, read_image, read_kernel, read_mask, save_image
     from .operators import make_operator, synthesize
 
     arr, info = first if first is not None else read_image(job.input)
@@ -536,8 +513,8 @@ def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False)
         reference = x
         if task == "sr":
             x, orig_hw = pad_to_multiple(x, args.scale)
-        kernel_tensor = _read_kernel(args.kernel_file) if args.kernel_file else None
-        mask_tensor = _read_mask(args.mask_file, *x.shape[-2:]) if args.mask_file else None
+        kernel_tensor = read_kernel(args.kernel_file) if args.kernel_file else None
+        mask_tensor = read_mask(args.mask_file, *x.shape[-2:]) if args.mask_file else None
         noise = args.noise if args.noise is not None else getattr(cfg, "noise_level", 0.0)
         y, op = synthesize(x, task, noise=noise, seed=seed, sr_mode=args.sr_mode, kernel=args.kernel,
                            kernel_size=args.kernel_size, kernel_std=args.kernel_std,
@@ -555,12 +532,12 @@ def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False)
             if not args.kernel_file:
                 raise TaskError(f"{method} deblurring is non-blind: give the blur kernel with --kernel-file "
                                 "(or use --degrade to blur the input synthetically)")
-            op = make_operator("deblur", (h, w), kernel_tensor=_read_kernel(args.kernel_file))
+            op = make_operator("deblur", (h, w), kernel_tensor=read_kernel(args.kernel_file))
         elif task == "inpaint":
             if not args.mask_file:
                 raise TaskError("inpainting an already masked image needs --mask-file (white = known pixels), "
                                 "or use --degrade to mask the input synthetically")
-            op = make_operator("inpaint", (h, w), mask_tensor=_read_mask(args.mask_file, h, w))
+            op = make_operator("inpaint", (h, w), mask_tensor=read_mask(args.mask_file, h, w))
         else:  # the observation is low resolution: the operator acts on the (h*scale, w*scale) image
             op = make_operator("sr", (h * args.scale, w * args.scale), scale=args.scale,
                                sr_mode="bicubic" if args.sr_mode == "realesrgan" else args.sr_mode,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ImageReadError, RestoreKitError
+from .errors import ImageReadError, RestoreKitError, TaskError
 
 try:  # OpenCV (a dependency of pyiqa) reads 16-bit colour PNG/TIFF; PIL truncates them.
     import cv2
@@ -345,3 +345,34 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tu
     if mode == "reflect" and (ph >= h or pw >= w):
         mode = "replicate"  # reflect needs the pad smaller than the image
     return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def read_kernel(path: str | os.PathLike) -> torch.Tensor:
+    """A blur kernel file (``.npy``, or an image whose channel mean is the kernel) -> (kh, kw) float32 tensor
+    normalised to sum 1. A missing file, an unreadable one, or a kernel that is not a 2-D non-negative array with
+    a positive sum is a :class:`TaskError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise TaskError(f"kernel file not found: {p}")
+    if p.suffix == ".npy":
+        try:
+            k = np.load(p).astype(np.float64)
+        except Exception as e:
+            raise TaskError(f"cannot read kernel {p}: {e}") from None
+    else:
+        arr, _ = read_image(p)
+        k = arr.mean(axis=2).astype(np.float64)
+    k = np.squeeze(k)
+    if k.ndim != 2 or k.sum() <= 0 or not np.all(np.isfinite(k)) or (k < 0).any():
+        raise TaskError(f"kernel {p} must be a 2-D non-negative array with a positive sum")
+    return torch.from_numpy(k / k.sum()).float()
+
+
+def read_mask(path: str | os.PathLike, h: int, w: int) -> torch.Tensor:
+    """An inpainting mask image (white = known pixels: channel mean > 0.5) -> (1, 1, h, w) float32 tensor of 0/1;
+    a mask of another size than ``h`` x ``w`` is a :class:`TaskError`."""
+    arr, _ = read_image(path)
+    m = (arr.mean(axis=2) > 0.5).astype(np.float32)
+    if m.shape != (h, w):
+        raise TaskError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but the image is {w}x{h}")
+    return torch.from_numpy(m)[None, None]

@@ -210,29 +210,17 @@ def resize_max(x: torch.Tensor, max_side: int | None) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
 
-def _read_kernel(path):
-    from ..cli import _read_kernel as rk
-
-    return rk(str(path))
-
-
-def _read_mask(path, h, w):
-    from ..cli import _read_mask as rm
-
-    return rm(str(path), h, w)
-
-
 def observe(x: torch.Tensor, task: str, d: Degradation, seed: int, noise_default: float, blind: bool):
     """(observation, operator, reference, original size) for a clean upload (``d.degrade``) or an observation."""
-    from ..io import pad_to_multiple
+    from ..io import pad_to_multiple, read_kernel, read_mask
     from ..operators import make_operator, synthesize
 
     if d.degrade:
         reference, orig_hw = x, tuple(x.shape[-2:])
         if task == "sr":
             x, orig_hw = pad_to_multiple(x, d.scale)
-        kt = _read_kernel(d.kernel_file) if d.kernel_file else None
-        mt = _read_mask(d.mask_file, *x.shape[-2:]) if d.mask_file else None
+        kt = read_kernel(d.kernel_file) if d.kernel_file else None
+        mt = read_mask(d.mask_file, *x.shape[-2:]) if d.mask_file else None
         noise = d.noise if d.noise is not None else noise_default
         y, op = synthesize(x, task, noise=noise, seed=seed, sr_mode=d.sr_mode, kernel=d.kernel,
                            kernel_size=d.kernel_size, kernel_std=d.kernel_std, scale=d.scale, mask=d.mask,
@@ -246,12 +234,12 @@ def observe(x: torch.Tensor, task: str, d: Degradation, seed: int, noise_default
         if not d.kernel_file:
             raise TaskError("this method's deblurring is non-blind: upload the blur kernel (.npy or image), "
                             "or tick 'degrade the upload synthetically' to blur a sharp image first")
-        op = make_operator("deblur", (h, w), kernel_tensor=_read_kernel(d.kernel_file))
+        op = make_operator("deblur", (h, w), kernel_tensor=read_kernel(d.kernel_file))
     elif task == "inpaint":
         if not d.mask_file:
             raise TaskError("inpainting an already masked image needs a mask image (white = known pixels), "
                             "or tick 'degrade the upload synthetically' to mask it first")
-        op = make_operator("inpaint", (h, w), mask_tensor=_read_mask(d.mask_file, h, w))
+        op = make_operator("inpaint", (h, w), mask_tensor=read_mask(d.mask_file, h, w))
     else:
         op = make_operator("sr", (h * d.scale, w * d.scale), scale=d.scale,
                            sr_mode="bicubic" if d.sr_mode == "realesrgan" else d.sr_mode)

@@ -3,6 +3,8 @@
 Which files a (version, task) uses is the official ``pretrained_models.py`` / task loops' pairing
 (:data:`PLAN`). ``from_pretrained`` loads SD 2.1, the tokenizer and the files of ``task`` (default "sr");
 other tasks load their stage-1 model / ControlNet on first use, from the same folder or the cache.
+``stage1`` may also be any model file spandrel loads (:func:`load_stage1_file`); it then serves every task but the
+face crops of ``unaligned_face``.
 """
 
 from __future__ import annotations
@@ -123,15 +125,23 @@ class DiffBIR(Restorer):
         self._controlnets: dict[str, torch.nn.Module] = {}
         self._stage1_override = stage1_override
         self._stage1_given = None
+        self._stage1_file = None  # (network, kind) of a stage1=PATH model file
         self.face_helper_factory = None
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def from_components(cls, unet, controlnet, vae, text_encoder=None, tokenizer=None, stage1=None,
-                        stage1_kind: str = "swinir", version="v2.1", device=None, encode_prompt=None,
+                        stage1_kind: str | None = None, version="v2.1", device=None, encode_prompt=None,
                         torch_dtype: torch.dtype | None = None) -> DiffBIR:
-        """Build from modules; ``stage1`` (with its pipeline kind "bsrnet" | "swinir" | "scunet") serves every task."""
+        """Build from modules; ``stage1`` (with its pipeline kind "bsrnet" | "swinir" | "scunet", default
+        "swinir") serves every task. ``stage1`` may be a model file path: it is loaded with spandrel and its
+        kind follows from its scale (:func:`load_stage1_file`)."""
         dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if isinstance(stage1, (str, Path)):
+            if stage1_kind is not None:
+                raise TaskError("stage1_kind is decided by the stage-1 file's scale; do not pass it with a file")
+            stage1, stage1_kind = load_stage1_file(stage1, dev)
+        stage1_kind = stage1_kind or "swinir"
         dtype = torch_dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
         if encode_prompt is None:
             text_encoder = text_encoder.to(dev).eval()
@@ -172,11 +182,17 @@ class DiffBIR(Restorer):
                 raise TaskError(f"unknown precision {dtype!r}; choose fp32, fp16 or bf16")
             dtype = PRECISIONS[dtype]
         stage1 = kwargs.pop("stage1", None)
-        if stage1 is not None and stage1 not in STAGE1:
-            raise TaskError(f"unknown DiffBIR stage-1 model {stage1!r}; choose {', '.join(STAGE1)}")
+        stage1_file = None
+        if stage1 is not None and (not isinstance(stage1, str) or stage1 not in STAGE1):
+            if not Path(stage1).is_file():
+                raise TaskError(f"unknown DiffBIR stage-1 model {str(stage1)!r}: not a file, and not one of "
+                                f"{', '.join(STAGE1)}")
+            stage1_file, stage1 = Path(stage1), None
         if kwargs:
             raise TypeError(f"unexpected options for DiffBIR.from_pretrained: {sorted(kwargs)}")
         dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # a stage-1 file is read first: a file spandrel cannot load fails before the 5 GB of SD are read
+        file_stage1 = load_stage1_file(stage1_file, dev) if stage1_file is not None else None
         dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
         folder = Path(path) if path is not None and Path(path).is_dir() else None
         given_cn = None if (folder is not None or path is None) else Path(path)
@@ -194,8 +210,9 @@ class DiffBIR(Restorer):
 
         plan = PLAN[(version, task)]
         needed = {"sd": SD_CARD[version], "tokenizer_vocab": TOKENIZER_CARDS[0],
-                  "tokenizer_merges": TOKENIZER_CARDS[1], "controlnet": plan["controlnet"],
-                  "stage1": stage1 or plan["stage1"]}
+                  "tokenizer_merges": TOKENIZER_CARDS[1], "controlnet": plan["controlnet"]}
+        if file_stage1 is None:
+            needed["stage1"] = stage1 or plan["stage1"]
         if "face_stage1" in plan:
             needed["face_stage1"] = plan["face_stage1"]
         paths, missing = {}, []
@@ -240,6 +257,7 @@ class DiffBIR(Restorer):
         pipe = DiffBIRPipeline(unet, controlnet, vae, encode_prompt, dev, dtype)
         obj = cls(pipe, version, dev, locate=locate, stage1_override=stage1)
         obj.text_encoder, obj.tokenizer = text, tok
+        obj._stage1_file = file_stage1
         obj._controlnets[plan["controlnet"]] = controlnet
         for comp in ("stage1", "face_stage1"):
             if comp in paths:
@@ -262,6 +280,8 @@ class DiffBIR(Restorer):
         """(network or None, pipeline kind) used for ``task`` (the face crops of unaligned_face: ``face=True``)."""
         if self._stage1_given is not None:
             return self._stage1_given
+        if self._stage1_file is not None and not face:
+            return self._stage1_file
         plan = PLAN[(self.version, task)]
         name = plan["face_stage1"] if face else (self._stage1_override or plan["stage1"])
         kind = "swinir" if face else STAGE1[name][1]
@@ -329,11 +349,12 @@ class DiffBIR(Restorer):
         gen = torch.Generator().manual_seed(231 if seed is None else int(seed))
         pos = self._caption_prompt(y, s)
         self.pipeline.controlnet = self.controlnet_for(task)
+        net, kind = self.stage1_for(task)
+        check_stage1_tiling(net, s)
         if task == "unaligned_face":
             from .face import restore_unaligned_faces
 
             return restore_unaligned_faces(self, y, s, upscale, gen, progress, pos)
-        net, kind = self.stage1_for(task)
         return self.run_samples(y, s, net, kind, upscale, gen, progress, pos)
 
     def set_precision(self, precision) -> None:
@@ -401,14 +422,103 @@ def _load_stage1(name: str, path: Path, device) -> torch.nn.Module:
     return net.to(device).eval().requires_grad_(False)
 
 
-def _stage1_factories():
-    from ...nets.bsrnet import RRDBNet
-    from ...nets.scunet import SCUNet
-    from ...nets.swinir import SwinIR, SwinIRConfig
+class SpandrelStage1(torch.nn.Module):
+    """A stage-1 restorer loaded by spandrel, called as spandrel's ``ImageModelDescriptor`` (input padded to the
+    model's size requirements, output clamped to [0, 1] and cropped); ``scale`` is the model's upscaling factor."""
 
-    swin = (lambda: SwinIR(SwinIRConfig()), "swinir")
-    return {"bsrnet": (lambda: RRDBNet(), "bsrnet"), "swinir-general": swin, "swinir-realesrgan": swin,
-            "swinir-face": swin, "scunet-psnr": (lambda: SCUNet(), "scunet")}
+    def __init__(self, desc, source: str):
+        super().__init__()
+        self.model = desc.model
+        self.scale = int(desc.scale)
+        self.architecture = str(desc.architecture.name)
+        self.source = source
+        self._desc = desc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # spandrel's call runs in inference mode; clone so later autograd (restoration guidance) may use the result
+        return self._desc(x).clone()
+
+
+def load_stage1_file(path, device=None) -> tuple[SpandrelStage1, str]:
+    """Any model file spandrel loads -> (network, pipeline kind). The kind follows the model's scale: a x1 model
+    runs on the LQ image already resized by ``upscale`` (as SCUNet in the official pipeline); a model that
+    upscales runs on the LQ image and its result is resized to ``upscale`` x the LQ size (as BSRNet).
+
+    Loading is strict: spandrel loads the converted state dict with ``strict=True``, and every tensor of the file
+    must reach the network (same count and total size), otherwise a :class:`WeightsError` names the file and the
+    keys. The model must map 3 channels to 3 channels."""
+    import spandrel
+
+    p = Path(path)
+    sd, _ = load_state_dict(p)
+    if not isinstance(sd, dict):
+        raise WeightsError(f"{p}: not a state dict (a {type(sd).__name__})")
+    sd = spandrel.canonicalize_state_dict(sd)
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad or not sd:
+        raise WeightsError(f"{p}: not a state dict of tensors" + (f" (non-tensor entries {bad[:3]})" if bad else ""))
+    try:
+        desc = spandrel.ModelLoader(device="cpu").load_from_state_dict(dict(sd))
+    except spandrel.UnsupportedModelError:
+        raise WeightsError(f"{p}: spandrel does not recognise this model's architecture") from None
+    except Exception as e:  # noqa: BLE001  (a recognised architecture whose tensors do not fit, or malformed)
+        msg = " ".join(str(e).split()) or "no message"
+        raise WeightsError(f"{p}: spandrel cannot load it ({type(e).__name__}: {msg[:400]})") from None
+    if not isinstance(desc, spandrel.ImageModelDescriptor):
+        raise WeightsError(f"{p}: a {desc.architecture.name} model ({desc.purpose}) is not an image-to-image "
+                           f"restorer and cannot be a DiffBIR stage 1")
+    if desc.input_channels != 3 or desc.output_channels != 3:
+        raise WeightsError(f"{p}: a DiffBIR stage 1 maps RGB to RGB, but this {desc.architecture.name} model takes "
+                           f"{desc.input_channels} and gives {desc.output_channels} channels")
+    own = desc.model.state_dict()
+    n_file, n_own = sum(v.numel() for v in sd.values()), sum(v.numel() for v in own.values())
+    if len(own) != len(sd) or n_own != n_file:
+        unused = _unused_tensors(sd, own)
+        raise WeightsError(f"{p}: spandrel's {desc.architecture.name} network uses {len(own)} tensors "
+                           f"({n_own} values) of the file's {len(sd)} ({n_file} values); keys not in the network, "
+                           f"e.g. {unused[:3]}")
+    net = SpandrelStage1(desc, str(p)).to(device or "cpu").eval().requires_grad_(False)
+    return net, ("scunet" if desc.scale == 1 else "bsrnet")
+
+
+def _unused_tensors(sd: dict, own: dict) -> list[str]:
+    """Keys of ``sd`` whose tensor appears nowhere in ``own`` (same shape and values; names may differ)."""
+    by_shape: dict = {}
+    for v in own.values():
+        by_shape.setdefault(tuple(v.shape), []).append(v)
+    return [k for k, v in sd.items()
+            if not any(torch.equal(v.to(o.dtype), o) for o in by_shape.get(tuple(v.shape), []))]
+
+
+def check_stage1_tiling(net, s) -> None:
+    """The tiled stage 1 (``cleaner_tiled``) places tiles for a x1 or x4 network only."""
+    scale = getattr(net, "scale", None)
+    if isinstance(net, SpandrelStage1) and s.cleaner_tiled and scale not in (1, 4):
+        raise TaskError(f"the tiled stage 1 (cleaner_tiled / tiled) takes x1 or x4 stage-1 models; {net.source} "
+                        f"is x{scale}: run it untiled")
+
+
+def _stage1_factories():
+    """Networks are built on spandrel's architectures (imported when a stage 1 is first built)."""
+
+    def bsrnet():
+        from ...nets.bsrnet import RRDBNet
+
+        return RRDBNet()
+
+    def swinir():
+        from ...nets.swinir import SwinIR, SwinIRConfig
+
+        return SwinIR(SwinIRConfig())
+
+    def scunet():
+        from ...nets.scunet import SCUNet
+
+        return SCUNet()
+
+    swin = (swinir, "swinir")
+    return {"bsrnet": (bsrnet, "bsrnet"), "swinir-general": swin, "swinir-realesrgan": swin,
+            "swinir-face": swin, "scunet-psnr": (scunet, "scunet")}
 
 
 #: stage-1 model card -> (() -> network, pipeline kind)
