@@ -323,18 +323,16 @@ class DiffBIRPipeline:
         self.scaling = LATENT_SCALE
 
     # -- VAE ----------------------------------------------------------------------------
-    def _vae_tiling(self, on: bool, tile: int, latent: bool):
-        if on and hasattr(self.vae, "enable_tiling"):
-            self.vae.enable_tiling()
-            self.vae.tile_sample_min_size = tile * 8 if latent else tile
-            self.vae.tile_latent_min_size = tile if latent else tile // 8
-        elif hasattr(self.vae, "disable_tiling"):
-            self.vae.disable_tiling()
-
     def vae_encode(self, img: torch.Tensor, sample: bool, generator=None, tiled: bool = False, tile_size: int = 256):
-        """``VAE.encode(img).sample()`` (drawn from ``generator``) or ``.mode()``, times 0.18215."""
-        self._vae_tiling(tiled, tile_size, latent=False)
-        dist = self.vae.encode(img.to(self.vae.dtype)).latent_dist
+        """``VAE.encode(img).sample()`` (drawn from ``generator``) or ``.mode()``, times 0.18215; ``tiled``: the
+        encoder runs on tiles of ``tile_size`` pixels with shared GroupNorm statistics (:mod:`.tiled_vae`)."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        from .tiled_vae import tiled_encode_moments
+
+        x = img.to(self.vae.dtype)
+        dist = DiagonalGaussianDistribution(tiled_encode_moments(self.vae, x, tile_size)) if tiled \
+            else self.vae.encode(x).latent_dist
         if sample:
             noise = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32,
                                 device=generator.device if generator is not None else dist.mean.device)
@@ -344,8 +342,14 @@ class DiffBIRPipeline:
         return z * self.scaling
 
     def vae_decode(self, z: torch.Tensor, tiled: bool = False, tile_size: int = 32) -> torch.Tensor:
-        self._vae_tiling(tiled, tile_size, latent=True)
-        return self.vae.decode((z / self.scaling).to(self.vae.dtype)).sample
+        """``VAE.decode(z / 0.18215)``; ``tiled``: the decoder runs on tiles of ``tile_size`` latent pixels with
+        shared GroupNorm statistics (:mod:`.tiled_vae`)."""
+        z = (z / self.scaling).to(self.vae.dtype)
+        if tiled:
+            from .tiled_vae import tiled_decode
+
+            return tiled_decode(self.vae, z, tile_size)
+        return self.vae.decode(z).sample
 
     # -- the model --------------------------------------------------------------------------
     def control_forward(self, x, t, cond: dict, strength: float) -> torch.Tensor:
@@ -384,8 +388,8 @@ class DiffBIRPipeline:
             cond_img = pad_to_multiple(cond_img, 8)
         enc_tiled = s.vae_encoder_tiled and not (cond_img.shape[2] < s.vae_encoder_tile_size
                                                  or cond_img.shape[3] < s.vae_encoder_tile_size)
-        if enc_tiled and s.vae_encoder_tile_size % 8:
-            raise TaskError("VAE encoder tile size must be a multiple of 8")
+        if enc_tiled and (s.vae_encoder_tile_size % 8 or s.vae_encoder_tile_size < 8):
+            raise TaskError("VAE encoder tile size must be a positive multiple of 8")
         pos = s.pos_prompt if pos_prompt is None else pos_prompt
         c_img = self.vae_encode(cond_img * 2 - 1, sample=False, tiled=enc_tiled, tile_size=s.vae_encoder_tile_size)
         cond = {"c_txt": self.encode_prompt([pos] * bs), "c_img": c_img}
@@ -428,6 +432,8 @@ class DiffBIRPipeline:
         self.last_guidance = cond_fn
         z = z[..., :h1, :w1]
         dec_tiled = s.vae_decoder_tiled and not (h1 < s.vae_decoder_tile_size // 8 or w1 < s.vae_decoder_tile_size // 8)
+        if dec_tiled and s.vae_decoder_tile_size < 8:
+            raise TaskError("VAE decoder tile size must be at least 8")
         x = self.vae_decode(z, tiled=dec_tiled, tile_size=s.vae_decoder_tile_size // 8)
         return x[:, :, :h0, :w0]
 
