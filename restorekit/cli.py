@@ -99,17 +99,23 @@ def _add_train(sub):
     p = sub.add_parser("train", help="train models",
                        description="'restorekit train prior --data DIR --output P' trains a DiffPIR prior; "
                                    "'restorekit train --method diffir --stage 1|2|gan|finetune --config C.yaml' "
-                                   "trains DiffIR (configs/diffir/).")
+                                   "trains DiffIR (configs/diffir/); 'restorekit train --method diffbir --stage 1|2 "
+                                   "--config C.yaml' trains DiffBIR's stage 1 or IRControlNet (configs/diffbir/).")
     p.add_argument("what", nargs="?", choices=("prior",), help="'prior': a guided-diffusion UNet for DiffPIR")
-    p.add_argument("--method", default=None, choices=("diffpir", "diffir"))
+    p.add_argument("--method", default=None, choices=("diffpir", "diffir", "diffbir"))
     p.add_argument("--stage", choices=("1", "2", "gan", "finetune"), default=None,
-                   help="DiffIR training stage: 1, 2, gan (S2-GAN), finetune (GAN V2 finetune)")
+                   help="DiffIR training stage: 1, 2, gan (S2-GAN), finetune (GAN V2 finetune); DiffBIR: 1 (stage-1 "
+                        "restorer) or 2 (IRControlNet)")
     p.add_argument("--config", default=None,
-                   help="DiffIR: training YAML (configs/diffir/...); prior: JSON GuidedUNetConfig")
+                   help="DiffIR: training YAML (configs/diffir/...); prior: YAML with unet: and train: "
+                        "(configs/diffpir/demo_prior.yaml) or a JSON GuidedUNetConfig")
     p.add_argument("--data", default=None, help="folder of clean training images")
     p.add_argument("--output", default=None, help="output .safetensors")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--s1-weights", default=None, help="DiffIR stage 2: the stage-1 weights")
+    p.add_argument("--s1-weights", default=None, help="DiffIR / DiffBIR stage 2: the stage-1 weights "
+                                                      "(DiffBIR: train.swinir_path)")
+    p.add_argument("--sd-path", default=None, help="DiffBIR stage 2: the SD 2.1 ldm checkpoint (train.sd_path)")
+    p.add_argument("--val-data", default=None, help="DiffBIR: validation images (folder or file list)")
     p.add_argument("--s2-weights", default=None, help="DiffIR gan/finetune: the generator weights it starts from")
     p.add_argument("--d-weights", default=None, help="DiffIR finetune: the GAN stage's discriminator (.pth)")
     p.add_argument("--resume", default=None,
@@ -118,11 +124,12 @@ def _add_train(sub):
                    help="DiffIR: folder of training states (default: <output stem>_training_states)")
     p.add_argument("--val-freq", type=int, default=None, help="DiffIR: validate every N iterations (config val.data)")
     p.add_argument("--save-every", type=int, default=None, help="DiffIR: save a training state every N iterations")
-    p.add_argument("--batch-size", type=int, default=16, help="prior only")
-    p.add_argument("--crop", type=int, default=64, help="prior only")
-    p.add_argument("--lr", type=float, default=2e-4, help="prior only")
-    p.add_argument("--seed", type=int, default=0, help="prior only")
-    p.add_argument("--time-limit", type=float, default=None, help="prior only: stop after this many seconds")
+    p.add_argument("--batch-size", type=int, default=None, help="prior only (default: the config's, else 16)")
+    p.add_argument("--crop", type=int, default=None, help="prior only (default: the config's, else 64)")
+    p.add_argument("--lr", type=float, default=None, help="prior only (default: the config's, else 2e-4)")
+    p.add_argument("--seed", type=int, default=None, help="prior only (default: the config's, else 0)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="stop after this many seconds and save what was trained (prior; DiffIR: per stage)")
     p.add_argument("--init", default=None, help="prior only: start from these weights")
     p.set_defaults(func=cmd_train)
 
@@ -652,26 +659,39 @@ def cmd_train(args) -> int:
         info = train_diffir(args.config, args.stage, data=args.data, output=args.output, steps=args.steps,
                             s1_weights=args.s1_weights, s2_weights=args.s2_weights, d_weights=args.d_weights,
                             resume=args.resume, state_dir=args.state_dir, val_freq=args.val_freq,
-                            save_checkpoint_freq=args.save_every, log=lambda s: print(s, file=sys.stderr))
+                            save_checkpoint_freq=args.save_every, time_limit=args.time_limit,
+                            log=lambda s: print(s, file=sys.stderr))
         info.pop("history", None)
+        print(json.dumps(info))
+        return 0
+    if args.method == "diffbir":
+        if args.stage not in ("1", "2") or not args.config:
+            raise RestoreKitError("DiffBIR training needs --stage 1|2 and --config (see configs/diffbir/)")
+        from .methods.diffbir.train import train_diffbir
+
+        info = train_diffbir(args.config, args.stage, data=args.data, output=args.output, steps=args.steps,
+                             resume=args.resume, state_dir=args.state_dir, val_freq=args.val_freq,
+                             save_every=args.save_every, sd_path=args.sd_path, s1_weights=args.s1_weights,
+                             val_data=args.val_data, log=lambda s: print(s, file=sys.stderr))
+        for k in ("history", "init"):
+            info.pop(k, None)
         print(json.dumps(info))
         return 0
     if args.what != "prior" and args.method != "diffpir":
         raise RestoreKitError("say what to train: 'restorekit train prior ...' or 'restorekit train --method diffir ...'")
     if not args.data or not args.output:
         raise RestoreKitError("prior training needs --data DIR and --output FILE")
-    from .methods.diffpir.train import DEMO_UNET, train_prior
-    from .nets.guided_unet import GuidedUNetConfig
+    from .methods.diffpir.train import DEMO_UNET, TRAIN_DEFAULTS, load_prior_config, train_prior
 
-    cfg = DEMO_UNET
+    cfg, opts = DEMO_UNET, dict(TRAIN_DEFAULTS)
     if args.config:
-        try:
-            cfg = GuidedUNetConfig.from_dict(json.loads(Path(args.config).read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            raise RestoreKitError(f"bad UNet config {args.config}: {e}") from None
-    info = train_prior(args.data, args.output, steps=args.steps or 2000, batch_size=args.batch_size, crop=args.crop,
-                       lr=args.lr, seed=args.seed, config=cfg, time_limit=args.time_limit, init=args.init,
-                       log=lambda s: print(s, file=sys.stderr))
+        cfg, train = load_prior_config(args.config)
+        opts.update(train)
+    for k in ("steps", "batch_size", "crop", "lr", "seed", "time_limit"):
+        if getattr(args, k) is not None:
+            opts[k] = getattr(args, k)
+    info = train_prior(args.data, args.output, config=cfg, init=args.init, log=lambda s: print(s, file=sys.stderr),
+                       **opts)
     print(json.dumps(info))
     return 0
 

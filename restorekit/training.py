@@ -236,3 +236,183 @@ def paired_random_crops(pairs, batch: int, gt_size: int, scale: int, g: torch.Ge
         lqs.append(a)
         gts.append(b)
     return torch.stack(lqs), torch.stack(gts)
+
+
+# ---------------------------------------------------------------------------
+# a shared step loop: accelerate, per-rank random streams, exact resume, periodic states and hooks
+# ---------------------------------------------------------------------------
+
+
+def rng_state(rng, g: torch.Generator) -> dict:
+    """numpy Generator, torch Generator, torch's global and Python's ``random`` states (for an exact resume)."""
+    import random
+
+    py = random.getstate()
+    return {"numpy": rng.bit_generator.state, "torch_gen": g.get_state(), "torch": torch.get_rng_state(),
+            "python": list(py[1]), "python_version": py[0], "python_gauss": py[2]}
+
+
+def set_rng_state(st: dict, rng, g: torch.Generator) -> None:
+    import random
+
+    rng.bit_generator.state = st["numpy"]
+    g.set_state(st["torch_gen"])
+    torch.set_rng_state(st["torch"])
+    random.setstate((st["python_version"], tuple(st["python"]), st["python_gauss"]))
+
+
+def find_resume(resume, state_dir: str | Path) -> Path | None:
+    """``resume``: None (fresh start), an ``<iter>.state`` file, a folder of them, or ``"auto"`` (the latest in
+    ``state_dir``; none there: a fresh start)."""
+    if resume in (None, False, ""):
+        return None
+    if str(resume) == "auto":
+        states = sorted(Path(state_dir).glob("*.state"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
+        return states[-1] if states else None
+    p = Path(resume)
+    if p.is_dir():
+        return find_resume("auto", p)
+    if not p.is_file():
+        raise ConfigError(f"--resume: training state not found: {p}")
+    return p
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through a ``.part`` file renamed when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+class StepLoop:
+    """The loop every restorekit trainer can share: an ``accelerate.Accelerator`` (one CPU, one GPU or several;
+    ``mixed_precision`` "no" | "fp16" | "bf16"), random streams seeded ``seed + rank`` (``self.rng`` numpy,
+    ``self.g`` torch), exact ``--resume`` (the objects in ``state`` plus every random stream, the iteration and
+    the history), a training state every ``save_every`` iterations and hooks every N iterations.
+
+    ``run(step, hooks)``: ``step(it) -> dict`` of floats (the losses of iteration ``it``, counted from 1);
+    ``hooks``: ``[(every, fn(it))]``, called on every process after the step (``fn`` may return a dict, kept
+    in ``self.val_history``). ``state`` holds what all processes share (network, optimizer), ``local`` what each
+    process has of its own (its data stream, a training-pair pool): each process saves its own."""
+
+    def __init__(self, total: int, state_dir: str | Path, seed: int = 0, save_every: int = 0, mixed_precision="no",
+                 split_batches: bool = False, log=print, log_every: int = 0, tag: str = "train",
+                 find_unused_parameters: bool = False):
+        import random
+
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+
+        handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
+        mp = {"fp32": "no", None: "no", False: "no"}.get(mixed_precision, mixed_precision)
+        if mp not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, not {mixed_precision!r}")
+        from accelerate.state import AcceleratorState
+
+        # a second run in the same process may ask for another precision: AcceleratorState keeps the first one
+        # (the process group, in PartialState, is kept)
+        AcceleratorState._reset_state(reset_partial_state=False)
+        # without CUDA, cpu=True makes accelerate treat a torchrun / accelerate-launched group as MULTI_CPU
+        self.acc = Accelerator(mixed_precision=mp, kwargs_handlers=handlers, cpu=not torch.cuda.is_available())
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.total, self.state_dir = int(total), Path(state_dir)
+        self.save_every, self.log, self.tag = int(save_every or 0), log, tag
+        self.log_every = int(log_every or max(1, self.total // 10))
+        self.split_batches = split_batches
+        torch.manual_seed(seed + self.rank)
+        random.seed(seed + self.rank)
+        import numpy as np
+
+        self.rng = np.random.default_rng(seed + self.rank)
+        self.g = torch.Generator().manual_seed(seed + self.rank)
+        self.start, self.history, self.val_history = 0, [], []
+        self.meta: dict = {}
+
+    @property
+    def device(self):
+        return self.acc.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.acc.is_main_process
+
+    def per_process(self, batch: int) -> int:
+        """The share of a total ``batch`` one process draws (accelerate's ``split_batches``)."""
+        if batch % self.world:
+            raise ConfigError(f"batch size {batch} is not divisible by the {self.world} processes")
+        return batch // self.world
+
+    def resume(self, resume, state: dict, meta: dict | None = None, local: dict | None = None) -> int:
+        """Load a training state into the objects of ``state`` (name -> object with ``load_state_dict``);
+        ``meta`` must equal what was saved. Returns the iteration to continue after."""
+        import json
+
+        self.meta = dict(meta or {})
+        path = find_resume(resume, self.state_dir)
+        if path is None:
+            return 0
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        saved = json.loads(st.get("meta", "{}"))
+        if saved != json.loads(json.dumps(self.meta)):
+            diff = sorted(k for k in set(saved) | set(self.meta) if saved.get(k) != self.meta.get(k))
+            raise ConfigError(f"{path} is a training state of another run (differs in: {', '.join(diff)})")
+        missing = sorted(set(state) - set(st["objects"]))
+        if missing:
+            raise ConfigError(f"{path} has no state for {', '.join(missing)}")
+        for k, obj in state.items():
+            obj.load_state_dict(st["objects"][k])
+        own = st
+        if self.rank:
+            rank_file = path.with_name(f"{path.stem}.rng{self.rank}")
+            if not rank_file.is_file():
+                raise ConfigError(f"{path}: no state of process {self.rank} ({rank_file.name}); resume with the same "
+                                  f"number of processes")
+            own = torch.load(rank_file, map_location="cpu", weights_only=True)
+        for k, obj in (local or {}).items():
+            obj.load_state_dict(own["local"][k])
+        set_rng_state(own["rng"], self.rng, self.g)
+        self.start = int(st["iter"])
+        self.history = json.loads(st["history"])
+        self.val_history = json.loads(st.get("validation", "[]"))
+        self.log(f"{self.tag}: resumed from {path} at iteration {self.start}")
+        return self.start
+
+    def save(self, it: int, state: dict, local: dict | None = None) -> Path:
+        import json
+
+        path = self.state_dir / f"{it}.state"
+        own = {"rng": rng_state(self.rng, self.g), "local": {k: v.state_dict() for k, v in (local or {}).items()}}
+        if not self.is_main:  # the other processes keep their random streams and local objects
+            save_atomic(own, self.state_dir / f"{it}.rng{self.rank}")
+            return path
+        st = {"iter": it, "meta": json.dumps(self.meta), **own,
+              "objects": {k: v.state_dict() for k, v in state.items()}, "history": json.dumps(self.history),
+              "validation": json.dumps(self.val_history)}
+        save_atomic(st, path)
+        return path
+
+    def run(self, step, state: dict, hooks=(), local: dict | None = None) -> list[dict]:
+        import time
+
+        import numpy as np
+
+        t0 = time.time()
+        for it in range(self.start + 1, self.total + 1):
+            rec = step(it)
+            self.history.append({k: float(v) for k, v in rec.items()})
+            if it % self.log_every == 0 and self.is_main:
+                recent = self.history[-self.log_every:]
+                keys = sorted({k for r in recent for k in r})
+                msg = " ".join(f"{k} {np.mean([r[k] for r in recent if k in r]):.6g}" for k in keys)
+                self.log(f"{self.tag} iter {it}/{self.total} {msg} ({time.time() - t0:.0f}s)")
+            for every, fn in hooks:
+                if every and it % int(every) == 0:
+                    out = fn(it)
+                    if out:
+                        self.val_history.append({"iter": it, **out})
+            if self.save_every and it % self.save_every == 0:
+                self.acc.wait_for_everyone()
+                self.save(it, state, local)
+        self.acc.wait_for_everyone()
+        return self.history

@@ -165,6 +165,22 @@ class DiffBIR(Restorer):
         from .text import CLIPBPETokenizer, openclip_text_to_transformers
 
         version = kwargs.pop("version", None)
+        if version == "custom":  # the output folder of restorekit train --method diffbir --stage 2
+            from .train import load_custom
+
+            if path is None or not Path(path).is_dir():
+                raise WeightsError("version='custom' needs the folder written by 'restorekit train --method diffbir "
+                                   "--stage 2' (with diffbir_custom.json)")
+            dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("precision", None)
+            layout = kwargs.pop("layout", "official")
+            kwargs.pop("task", None)
+            if kwargs:
+                raise TypeError(f"unexpected options for DiffBIR.from_pretrained: {sorted(kwargs)}")
+            if isinstance(dtype, str):
+                if dtype not in PRECISIONS:
+                    raise TaskError(f"unknown precision {dtype!r}; choose fp32, fp16 or bf16")
+                dtype = PRECISIONS[dtype]
+            return load_custom(path, device=device, torch_dtype=dtype, layout=layout)
         card_version = card.options.get("version") if card else None
         if version is not None and card_version is not None and version != card_version:
             raise TaskError(f"model {card.name!r} is DiffBIR {card_version}, not {version}")
