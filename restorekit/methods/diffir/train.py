@@ -32,7 +32,7 @@ Configuration (YAML), e.g. ``configs/diffir/realsr_x4.yaml``::
     task: sr                   # sr | deblur | inpaint
     preset: realsr_x4          # or network: {DiffIRConfig fields}
     data: path/to/clean/images # or {lq: DIR, gt: DIR}
-    degradation: realesrgan    # sr: realesrgan | bicubic
+    degradation: realesrgan    # sr: realesrgan | bicubic | mixed (p_bicubic: share of plain bicubic crops)
     gt_size: 256
     batch_size: 8
     queue_size: 180            # Real-ESRGAN pair pool (0: none)
@@ -125,12 +125,21 @@ def make_pairs(gt: torch.Tensor, task: str, cfg: dict, net_cfg: DiffIRConfig, rn
     """(network input, ground truth) for a batch of clean crops."""
     if task == "sr":
         sf = net_cfg.scale
-        if cfg.get("degradation", "realesrgan") == "realesrgan":
-            lq = second_order_degrade(gt, sf, seed=int(rng.integers(2 ** 31)), cfg=degradation_config(cfg))
-            lq = (lq * 255.0).round().clamp(0, 255) / 255.0  # as upstream's feed_data
-        else:
-            lq = F.interpolate(gt, scale_factor=1 / sf, mode="bicubic", antialias=True, align_corners=False)
-        return lq.clamp(0, 1), gt
+        kind = cfg.get("degradation", "realesrgan")
+        if kind not in ("realesrgan", "bicubic", "mixed"):
+            raise ConfigError(f"degradation must be realesrgan, bicubic or mixed, not {kind!r}")
+        # "mixed" (restorekit): the first round(p_bicubic * batch) crops are plainly bicubic-downsampled,
+        # the others get the Real-ESRGAN degradation
+        n_bic = {"realesrgan": 0, "bicubic": gt.shape[0]}.get(kind, int(round(float(cfg.get("p_bicubic", 0.5))
+                                                                                * gt.shape[0])))
+        parts = []
+        if n_bic:
+            parts.append(F.interpolate(gt[:n_bic], scale_factor=1 / sf, mode="bicubic", antialias=True,
+                                       align_corners=False))
+        if n_bic < gt.shape[0]:
+            lq = second_order_degrade(gt[n_bic:], sf, seed=int(rng.integers(2 ** 31)), cfg=degradation_config(cfg))
+            parts.append((lq * 255.0).round().clamp(0, 255) / 255.0)  # as upstream's feed_data
+        return torch.cat(parts).clamp(0, 1), gt
     if task == "deblur":
         lq = torch.empty_like(gt)
         for i in range(gt.shape[0]):
@@ -194,6 +203,7 @@ def stage_options(cfg: dict, stage) -> dict:
     optim_g.pop("type", None)
     o["optim_g"] = optim_g
     o["scheduler"] = scfg.get("scheduler")
+    o["time_limit"] = None if scfg.get("time_limit") is None else float(scfg["time_limit"])  # restorekit
     o["warmup_iter"] = int(scfg.get("warmup_iter", -1))
     o["pixel_opt"] = {"loss_weight": 1.0, **dict(scfg.get("pixel_opt") or {})}
     o["perceptual_opt"] = scfg.get("perceptual_opt")
@@ -373,10 +383,13 @@ def _val_pairs(val: dict, task: str, cfg: dict, net_cfg: DiffIRConfig) -> list:
 def train_diffir(config: str | Path | dict, stage, data: str | None = None, output: str | None = None,
                  steps: int | None = None, s1_weights: str | None = None, log=print, resume=None,
                  s2_weights: str | None = None, d_weights: str | None = None, state_dir: str | None = None,
-                 val_freq: int | None = None, save_checkpoint_freq: int | None = None) -> dict:
+                 val_freq: int | None = None, save_checkpoint_freq: int | None = None,
+                 time_limit: float | None = None) -> dict:
     """Train one DiffIR stage (``stage``: 1, 2, "gan" or "finetune"); returns a summary with the loss history.
 
-    ``resume``: a ``<iter>.state`` file, a folder of them, or ``"auto"`` (the latest in ``state_dir``)."""
+    ``resume``: a ``<iter>.state`` file, a folder of them, or ``"auto"`` (the latest in ``state_dir``).
+    ``time_limit`` (seconds): stop after the iteration that passes it and save what was trained
+    (the summary's ``steps`` says how many iterations ran)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     from ...nets.gan import GANLoss, PerceptualLoss, UNetDiscriminatorSN, USMSharp
@@ -405,6 +418,7 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
     if not data:
         raise ConfigError("no training data: pass --data DIR or set data: in the config")
     output = output or o["output"]
+    time_limit = time_limit if time_limit is not None else o["time_limit"]
     total = int(steps if steps is not None else o["total_iter"])
     encoder_iter = 0
     if st == "2":
@@ -724,6 +738,10 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
             log(f"validation iter {it}: " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         if o["save_checkpoint_freq"] and it % o["save_checkpoint_freq"] == 0:
             save_state(it)
+        if time_limit is not None and time.time() - t0 > time_limit:
+            log(f"stage {st}: time limit {time_limit:.0f}s reached at iter {it}/{total}; saving")
+            total = it
+            break
     info = {"stage": st, "steps": total, "encoder_iter": encoder_iter, "seconds": time.time() - t0,
             "task": task, "history": hist, "validation": val_hist, "resumed_from": start}
     if acc.is_main_process:

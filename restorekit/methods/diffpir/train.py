@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ...diffusion import LinearSchedule
 from ...errors import ConfigError
-from ...training import EMA, load_images, random_crops
+from ...training import load_images, random_crops
 from ...nets.guided_unet import GuidedUNet, GuidedUNetConfig
 
 #: small configuration of the bundled demo prior
@@ -34,64 +34,173 @@ def random_batch(imgs: list[torch.Tensor], batch: int, size: int, g: torch.Gener
     return random_crops(imgs, batch, size, g) * 2 - 1
 
 
+def device_crops(imgs: list[torch.Tensor], batch: int, size: int, g: torch.Generator,
+                 rescale: tuple[float, float] = (0.5, 1.0)) -> torch.Tensor:
+    """``batch`` random crops in [-1, 1] from images already on the training device.
+
+    Each crop takes a random square of side ``size / s`` (``s`` uniform in ``rescale``) and resizes it to
+    ``size`` (bilinear, antialiased), then a random flip and 90-degree rotation: the same distribution of
+    scales as :func:`restorekit.training.random_crops`, without resizing whole images every step."""
+    out = []
+    r = torch.rand(batch, 5, generator=g).tolist()
+    for i in range(batch):
+        img = imgs[int(r[i][0] * len(imgs)) % len(imgs)]
+        h, w = img.shape[-2:]
+        s = rescale[0] + (rescale[1] - rescale[0]) * r[i][1]
+        side = min(h, w, max(size, int(round(size / s))))
+        top = int(r[i][2] * (h - side + 1))
+        left = int(r[i][3] * (w - side + 1))
+        crop = img[None, :, top:top + side, left:left + side]
+        if side != size:
+            crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        k = int(r[i][4] * 8)
+        if k & 4:
+            crop = crop.flip(-1)
+        out.append(torch.rot90(crop, k & 3, dims=(-2, -1)))
+    return torch.cat(out).clamp(0, 1) * 2 - 1
+
+
+class DeviceEMA:
+    """EMA of a module's floating-point state, kept on the module's device (``ema = d*ema + (1-d)*w`` with
+    ``d = min(decay, (1 + n) / (10 + n))``)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay, self.n = float(decay), 0
+        self.state = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        cur = module.state_dict()
+        keys = [k for k, v in self.state.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.state[k] for k in keys], [cur[k].detach().float() for k in keys], 1 - d)
+
+
+#: training options a prior config (YAML ``train:`` section) may set, with their defaults
+TRAIN_DEFAULTS = dict(steps=2000, batch_size=16, crop=64, lr=2e-4, ema_decay=0.999, seed=0, warmup=200,
+                      mixed_precision="no", time_budget=None, save_dtype="fp32", log_every=100)
+
+
+def load_prior_config(path: str | Path) -> tuple[GuidedUNetConfig, dict]:
+    """A prior training config: YAML with ``unet:`` (GuidedUNetConfig fields) and ``train:`` (TRAIN_DEFAULTS
+    keys), or a JSON file holding only a GuidedUNetConfig. Unknown keys are an error."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read prior config {p}: {e}") from None
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = {"unet": json.loads(text)}
+        if not isinstance(data, dict) or set(data) - {"unet", "train", "name"}:
+            raise ValueError(f"top-level keys must be unet, train, name; got {sorted(data) if isinstance(data, dict) else type(data).__name__}")
+        cfg = GuidedUNetConfig.from_dict(data.get("unet") or {})
+        train = dict(data.get("train") or {})
+        bad = set(train) - set(TRAIN_DEFAULTS)
+        if bad:
+            raise ValueError(f"unknown train keys {sorted(bad)}; allowed: {sorted(TRAIN_DEFAULTS)}")
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"bad prior config {p}: {e}") from None
+    return cfg, train
+
+
 def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_size: int = 16, crop: int = 64,
                 lr: float = 2e-4, ema_decay: float = 0.999, seed: int = 0, config: GuidedUNetConfig | None = None,
                 log_every: int = 100, time_limit: float | None = None, init: str | Path | None = None,
-                log=print) -> dict:
-    """Train and save EMA weights as safetensors with the UNet config in its metadata."""
+                log=print, mixed_precision: str = "no", time_budget: float | None = None, warmup: int = 200,
+                save_dtype: str = "fp32") -> dict:
+    """Train and save EMA weights as safetensors with the UNet config in its metadata.
+
+    ``time_budget`` (seconds): after 50 steps the run measures its speed and shortens ``steps`` so that it ends
+    within the budget (the cosine learning-rate schedule follows the shortened length). ``time_limit`` stops
+    the loop outright. ``mixed_precision``: "no" | "bf16" | "fp16" (accelerate's autocast; CUDA only).
+    ``save_dtype``: "fp32" | "fp16" for the saved EMA weights."""
     from accelerate import Accelerator
     from safetensors.torch import save_file
 
     cfg = config or DEMO_UNET
     if crop % cfg.size_multiple:
         raise ConfigError(f"crop size must be a multiple of {cfg.size_multiple}")
+    if save_dtype not in ("fp32", "fp16"):
+        raise ConfigError("save_dtype must be fp32 or fp16")
     torch.manual_seed(seed)
     imgs = load_images(data, crop)
-    acc = Accelerator()
+    acc = Accelerator(mixed_precision=mixed_precision if torch.cuda.is_available() else "no")
     net = GuidedUNet(cfg)
     if init:
         from ...weights import load_state_dict, load_strict
         sd, _ = load_state_dict(init)
         load_strict(net, {k: v.float() for k, v in sd.items()}, str(init))
-    ema = EMA(net, ema_decay)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    warmup = max(1, min(200, steps // 10))
+    plan = {"steps": int(steps)}
+    warm = max(1, min(int(warmup), plan["steps"] // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup) * (0.5 + 0.5 * math.cos(math.pi * min(i, steps) / steps)))
+        opt, lambda i: min(1.0, (i + 1) / warm) * (0.5 + 0.5 * math.cos(math.pi * min(i, plan["steps"])
+                                                                            / plan["steps"])))
     net, opt = acc.prepare(net, opt)
+    ema = DeviceEMA(acc.unwrap_model(net), ema_decay)
+    on_device = acc.device.type != "cpu"
+    if on_device:
+        imgs = [im.to(acc.device) for im in imgs]
     sch = LinearSchedule()
     sac = sch.sqrt_alphas_cumprod.to(acc.device)
     s1m = sch.sqrt_1m_alphas_cumprod.to(acc.device)
     g = torch.Generator().manual_seed(seed + acc.process_index)
+    gd = torch.Generator(device=acc.device).manual_seed(seed + 1000 + acc.process_index) if on_device else g
     t0 = time.time()
     losses = []
     step = 0
-    for step in range(1, steps + 1):
-        x0 = random_batch(imgs, batch_size, crop, g).to(acc.device)
-        t = torch.randint(0, sch.num_train_timesteps, (x0.shape[0],), generator=g).to(acc.device)
-        noise = torch.randn(x0.shape, generator=g).to(acc.device)
+    while step < plan["steps"]:
+        step += 1
+        x0 = (device_crops(imgs, batch_size, crop, g) if on_device
+              else random_batch(imgs, batch_size, crop, g).to(acc.device))
+        t = torch.randint(0, sch.num_train_timesteps, (x0.shape[0],), generator=gd, device=gd.device).to(acc.device)
+        noise = torch.randn(x0.shape, generator=gd, device=gd.device).to(acc.device)
         xt = sac[t].view(-1, 1, 1, 1) * x0 + s1m[t].view(-1, 1, 1, 1) * noise
-        loss = F.mse_loss(net(xt, t)[:, :3], noise)
+        with acc.autocast():
+            loss = F.mse_loss(net(xt, t)[:, :3].float(), noise)
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         acc.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
         ema.update(acc.unwrap_model(net))
-        losses.append(loss.item())
+        losses.append(loss.detach())
+        if step == 50 and time_budget is not None:
+            rate = step / max(time.time() - t0, 1e-6)
+            plan["steps"] = max(step + 1, min(plan["steps"], int(rate * float(time_budget))))
+            log(f"time budget {time_budget:.0f}s at {rate:.1f} steps/s: {plan['steps']} steps")
         if step % log_every == 0 and acc.is_main_process:
-            log(f"step {step}/{steps} loss {np.mean(losses[-log_every:]):.4f} ({time.time() - t0:.0f}s)")
+            log(f"step {step}/{plan['steps']} loss {torch.stack(losses[-log_every:]).mean().item():.4f} "
+                f"({time.time() - t0:.0f}s)")
         if time_limit is not None and time.time() - t0 > time_limit:
             log(f"time limit reached at step {step}")
             break
-    info = {"steps": step, "final_loss": float(np.mean(losses[-min(len(losses), 200):])), "seconds": time.time() - t0,
-            "images": len(imgs), "crop": crop, "batch_size": batch_size}
+    tail = torch.stack(losses[-min(len(losses), 200):]).float().mean().item() if losses else float("nan")
+    info = {"steps": step, "final_loss": tail, "seconds": time.time() - t0, "images": len(imgs), "crop": crop,
+            "batch_size": batch_size, "lr": lr, "seed": seed, "mixed_precision": acc.mixed_precision,
+            "device": str(acc.device)}
     if acc.is_main_process:
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"restorekit_method": "diffpir", "unet_config": json.dumps(cfg.to_dict()),
                 "training": json.dumps(info)}
+        dt = torch.float16 if save_dtype == "fp16" else torch.float32
+        state = {k: (v.to(dt) if v.is_floating_point() else v).cpu().contiguous() for k, v in ema.state.items()}
         tmp = out.with_name(out.name + ".part")
-        save_file({k: v.contiguous() for k, v in ema.state.items()}, str(tmp), metadata=meta)
+        save_file(state, str(tmp), metadata=meta)
         tmp.replace(out)
     return info
+
+
+def train_prior_from_config(config: str | Path, data: str | Path, output: str | Path, log=print,
+                            **overrides) -> dict:
+    """``train_prior`` with the UNet and training options of a config file; ``overrides`` (not None) win."""
+    cfg, train = load_prior_config(config)
+    opts = {**TRAIN_DEFAULTS, **train, **{k: v for k, v in overrides.items() if v is not None}}
+    return train_prior(data, output, config=cfg, log=log, **opts)

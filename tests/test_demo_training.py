@@ -1,0 +1,109 @@
+"""How the demo models are trained: prior configs (YAML), on-device crops, time budgets, DiffIR's mixed SR
+degradation and stage time limits."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from safetensors import safe_open
+
+from restorekit.cli import main
+from restorekit.errors import ConfigError
+from restorekit.methods.diffir.train import make_pairs, network_config, train_diffir
+from restorekit.methods.diffpir.train import (TRAIN_DEFAULTS, DeviceEMA, device_crops, load_prior_config,
+                                              train_prior)
+
+from .conftest import TINY
+from .test_diffir import TINY as TINY_IR
+
+
+def _data(root, n=3, size=48):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        a = np.kron(rng.random((size // 8, size // 8, 3)), np.ones((8, 8, 1)))
+        Image.fromarray((a * 255).astype(np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+def test_committed_demo_prior_config_parses():
+    cfg, train = load_prior_config("configs/diffpir/demo_prior.yaml")
+    assert set(train) <= set(TRAIN_DEFAULTS) and train["crop"] % cfg.size_multiple == 0
+    assert train["save_dtype"] == "fp16" and cfg.out_channels == 3
+
+
+def test_prior_config_rejects_unknown_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"unet": TINY.to_dict(), "train": {"stepz": 3}}))
+    with pytest.raises(ConfigError, match="stepz"):
+        load_prior_config(p)
+
+
+def test_cli_trains_prior_from_yaml_and_flags_win(tmp_path, capsys):
+    d = _data(tmp_path / "data")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"unet": TINY.to_dict(), "train": {"steps": 50, "batch_size": 2, "crop": 32,
+                                                                      "save_dtype": "fp16"}}))
+    out = tmp_path / "p.safetensors"
+    assert main(["train", "prior", "--config", str(cfg), "--data", str(d), "--output", str(out),
+                 "--steps", "2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["steps"] == 2 and info["batch_size"] == 2 and info["crop"] == 32  # --steps beat the config's 50
+    with safe_open(str(out), "pt") as f:
+        assert json.loads(f.metadata()["unet_config"]) == TINY.to_dict()
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+
+
+def test_time_budget_shortens_the_run(tmp_path):
+    d = _data(tmp_path / "data")
+    logs = []
+    info = train_prior(d, tmp_path / "p.safetensors", steps=100000, batch_size=1, crop=16, config=TINY,
+                       time_budget=1e-3, log=logs.append)
+    assert info["steps"] == 51  # measured after 50 steps; then at least one more
+    assert any("time budget" in s for s in logs)
+
+
+def test_device_crops_cover_the_range_and_rescale():
+    g = torch.Generator().manual_seed(0)
+    ramp = torch.linspace(0, 1, 200).repeat(3, 100, 1)  # (3, 100, 200): value = column / 199
+    x = device_crops([ramp], 64, 32, g)
+    assert x.shape == (64, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
+    spans = (x.amax((1, 2, 3)) - x.amin((1, 2, 3))) / 2  # in [0, 1] units
+    # a crop of side 32/s (s in [0.5, 1]) spans 31/199 .. 63/199 of the ramp before resizing
+    assert spans.min() > 0.12 and spans.max() > 0.25
+
+
+def test_device_ema_follows_the_ramp():
+    m = torch.nn.Linear(2, 2)
+    e = DeviceEMA(m, 0.999)
+    w0 = m.weight.detach().clone()
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    e.update(m)  # n = 1: d = 2/11
+    assert torch.allclose(e.state["weight"], w0 + 9 / 11, atol=1e-6)
+
+
+def test_mixed_sr_degradation_splits_the_batch():
+    cfg = {"task": "sr", "degradation": "mixed", "p_bicubic": 0.5}
+    net_cfg = network_config({"network": {**TINY_IR.to_dict(), "variant": "sr", "scale": 4}})
+    gt = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    lq, _ = make_pairs(gt, "sr", cfg, net_cfg, np.random.default_rng(0))
+    bic = F.interpolate(gt[:2], scale_factor=0.25, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    assert lq.shape == (4, 3, 8, 8) and torch.equal(lq[:2], bic)
+    assert not torch.allclose(lq[2:], F.interpolate(gt[2:], scale_factor=0.25, mode="bicubic", antialias=True,
+                                                    align_corners=False).clamp(0, 1), atol=1e-3)
+    with pytest.raises(ConfigError, match="degradation"):
+        make_pairs(gt, "sr", {"degradation": "jpeg"}, net_cfg, np.random.default_rng(0))
+
+
+def test_diffir_stage_time_limit_saves_early(tmp_path):
+    d = _data(tmp_path / "data", size=32)
+    cfg = {"task": "sr", "network": {**TINY_IR.to_dict(), "variant": "sr", "scale": 4}, "degradation": "bicubic",
+           "gt_size": 32, "batch_size": 2, "seed": 0,
+           "stage1": {"steps": 1000, "time_limit": 0.0, "output": str(tmp_path / "s1.safetensors")}}
+    info = train_diffir(cfg, 1, data=str(d), log=lambda s: None)
+    assert info["steps"] == 1 and (tmp_path / "s1.safetensors").exists()
