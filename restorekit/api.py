@@ -19,6 +19,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(torch_dtype) -> torch.dtype:
+    """``torch_dtype`` as a torch dtype: a dtype, or "fp32" / "fp16" / "bf16" (also "float16", ...)."""
+    if torch_dtype is None:
+        return torch.float32
+    if isinstance(torch_dtype, torch.dtype) and torch_dtype in _DTYPES.values():
+        return torch_dtype
+    key = str(torch_dtype).replace("torch.", "").lower()
+    if key not in _DTYPES:
+        raise TaskError(f"unsupported torch_dtype {torch_dtype!r}; use float32, float16 or bfloat16")
+    return _DTYPES[key]
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> CUDA when available, else CPU; a name that does not exist here is a :class:`RestoreKitError`."""
     if device is None:

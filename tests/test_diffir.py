@@ -262,3 +262,23 @@ def test_cli_diffir(tmp_path, tiny_diffir, capsys):
     rc = main(["run", "--method", "diffir", "--task", "deblur", "--input", str(src), "--output", str(out),
                "--weights", str(tiny_diffir["sr"]), "--no-progress"])
     assert rc == 2 and "sr model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_network_keeps_float32_io(tmp_path, dtype):
+    """torch_dtype= runs DiffIR's network in half precision; the result stays float32 and close to fp32."""
+    torch.manual_seed(0)
+    net = DiffIRS2(TINY)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn(p.shape))
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.clone().contiguous() for k, v in net.state_dict().items()}, str(path),
+              metadata={"restorekit_method": "diffir", "diffir_config": json.dumps(TINY.to_dict())})
+    y = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ref = Restorer.from_pretrained(str(path), method="diffir").restore(y, task="sr", seed=0)
+    r = Restorer.from_pretrained(str(path), method="diffir", torch_dtype=dtype)
+    assert next(r.net.parameters()).dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    out = r.restore(y, task="sr", seed=0)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert 0 < (out - ref).abs().max() < 0.05

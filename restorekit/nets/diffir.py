@@ -355,7 +355,7 @@ class IPRDenoiser(nn.Module):
         self.resmlp = nn.Sequential(*layers)
 
     def forward(self, x, t, c):
-        t = (t.float() / self.max_period).view(-1, 1)
+        t = (t.float() / self.max_period).view(-1, 1).to(x.dtype)
         return self.resmlp(torch.cat([c, t, x], dim=1))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ...api import Restorer
+from ...api import Restorer, resolve_dtype
 from ...errors import TaskError, WeightsError
 from ...io import pad_to_multiple
 from ...nets.diffir import PRESETS, DiffIRConfig, DiffIRS2
@@ -92,9 +92,10 @@ class DiffIR(Restorer):
     default_models = {"sr": "diffir-demo-sr", "deblur": "diffir-demo-deblur", "inpaint": "diffir-demo-inpaint"}
     default_model = "diffir-demo-sr"
 
-    def __init__(self, net: DiffIRS2, device=None, preset: str = "custom"):
+    def __init__(self, net: DiffIRS2, device=None, preset: str = "custom", torch_dtype=None):
         super().__init__(device)
-        self.net = net.to(self.device).eval()
+        self.dtype = resolve_dtype(torch_dtype)
+        self.net = net.to(self.device, self.dtype).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.config: DiffIRConfig = net.config
@@ -106,7 +107,11 @@ class DiffIR(Restorer):
         return cls.default_models.get(task, cls.default_model)
 
     @classmethod
-    def _from_weights(cls, path: Path, card: ModelCard | None, device=None, config=None, **kwargs):
+    def _from_weights(cls, path: Path, card: ModelCard | None, device=None, config=None, torch_dtype=None,
+                      **kwargs):
+        """``torch_dtype`` (float16 / bfloat16, or "fp16" / "bf16") runs the network in that precision; inputs and
+        outputs stay float32."""
+        torch_dtype = kwargs.pop("precision", torch_dtype)
         if kwargs:
             raise TypeError(f"unexpected options for DiffIR.from_pretrained: {sorted(kwargs)}")
         sd, meta = load_state_dict(path)
@@ -120,7 +125,7 @@ class DiffIR(Restorer):
             name, cfg = infer_config(sd, meta)
         net = DiffIRS2(cfg)
         load_strict(net, {k: v.float() for k, v in sd.items()}, str(path))
-        return cls(net, device=device, preset=name)
+        return cls(net, device=device, preset=name, torch_dtype=torch_dtype)
 
     def make_config(self, task: str, steps: int | None = None, **options) -> DiffIRRunConfig:
         cfg = DiffIRRunConfig()
@@ -168,7 +173,8 @@ class DiffIR(Restorer):
         else:
             net_in, _ = pad_to_multiple(y, self.config.size_multiple)  # reflect, as upstream's pad_test
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        out = self.net(net_in, generator=gen, official_rng=run.official_rng)[..., : h * sf, : w * sf]
+        out = self.net(net_in.to(self.dtype), generator=gen, official_rng=run.official_rng)[..., : h * sf, : w * sf]
+        out = out.float()
         if progress is not None:
             progress(0, 1, 0)
         if task == "inpaint":

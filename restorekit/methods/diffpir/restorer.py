@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ...api import Restorer
+from ...api import Restorer, resolve_dtype
 from ...diffusion import LinearSchedule
 from ...errors import TaskError, WeightsError
 from ...nets.guided_unet import FFHQ_10M, IMAGENET_256_UNCOND, GuidedUNet, GuidedUNetConfig
@@ -19,22 +19,6 @@ from ...weights import ModelCard, load_state_dict, load_strict
 from .sampler import TASK_DEFAULTS, DiffPIRConfig, GuidedDiffusionModel, diffpir_sample
 
 PRESETS = {"ffhq_10m": FFHQ_10M, "imagenet_256_uncond": IMAGENET_256_UNCOND}
-
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-           "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-def resolve_dtype(torch_dtype) -> torch.dtype:
-    """``torch_dtype`` as a torch dtype: a dtype, or "fp32" / "fp16" / "bf16" (also "float16", ...)."""
-    if torch_dtype is None:
-        return torch.float32
-    if isinstance(torch_dtype, torch.dtype) and torch_dtype in _DTYPES.values():
-        return torch_dtype
-    key = str(torch_dtype).replace("torch.", "").lower()
-    if key not in _DTYPES:
-        raise TaskError(f"unsupported torch_dtype {torch_dtype!r}; use float32, float16 or bfloat16")
-    return _DTYPES[key]
-
 
 def _shapes(cfg: GuidedUNetConfig) -> dict:
     with torch.device("meta"):
