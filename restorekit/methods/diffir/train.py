@@ -59,6 +59,9 @@ from ...errors import ConfigError
 from ...nets.diffir import PRESETS, DiffIRConfig, DiffIRS1, DiffIRS2
 from ...operators import Blur, motion_kernel
 from ...operators.realesrgan import second_order_degrade
+from ...training import find_resume as _find_resume
+from ...training import rng_state as _rng_state
+from ...training import set_rng_state as _set_rng_state
 
 
 def load_config(path: str | Path | dict) -> dict:
@@ -291,37 +294,6 @@ def _opt_pairs(o: dict) -> dict:
 def _set_lr(opt, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
-
-
-def _find_resume(resume, state_dir: Path) -> Path | None:
-    if resume in (None, False, ""):
-        return None
-    if str(resume) == "auto":
-        states = sorted(state_dir.glob("*.state"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
-        return states[-1] if states else None
-    p = Path(resume)
-    if p.is_dir():
-        return _find_resume("auto", p)
-    if not p.is_file():
-        raise ConfigError(f"--resume: training state not found: {p}")
-    return p
-
-
-def _rng_state(rng: np.random.Generator, g: torch.Generator) -> dict:
-    import random
-
-    return {"numpy": rng.bit_generator.state, "torch_gen": g.get_state(), "torch": torch.get_rng_state(),
-            "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
-            "python_gauss": random.getstate()[2]}
-
-
-def _set_rng_state(st: dict, rng: np.random.Generator, g: torch.Generator) -> None:
-    import random
-
-    rng.bit_generator.state = st["numpy"]
-    g.set_state(st["torch_gen"])
-    torch.set_rng_state(st["torch"])
-    random.setstate((st["python_version"], tuple(st["python"]), st["python_gauss"]))
 
 
 def _validate(net_ema, stage: str, task: str, net_cfg: DiffIRConfig, val_pairs, metrics, device) -> dict:
