@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# One GPU session: DiffPIR throughput (restorekit, and its UNet beside the official one), then training of the four bundled demo models, then their benchmark.
-# This is the script that produced restorekit/data/*.safetensors and benchmarks/results/{throughput_gpu,
-# demo_vs_classical}.md (see README "Demo models"). Usage, from the repository root:
-#   DATA=path/to/bsd199 TUNE=path/to/t91 OUT=results_dir OFFICIAL_DIFFPIR=path/to/DiffPIR [SCALE=1] bash benchmarks/gpu_demo_session.sh
+# One GPU session: DiffPIR throughput (restorekit, and its UNet beside the official one), then training of the
+# demo models (three DiffIR demos and a DiffPIR prior, at once), then their benchmark against classical baselines.
+# Run once on an H200 with SCALE=0.72 (2026-11-26): it produced the bundled restorekit/data/diffir_demo_*.safetensors
+# and benchmarks/results/throughput_gpu.md (its tune and benchmark steps ran out of time; the demo table was then
+# computed on a CPU; its prior was not bundled). Usage, from the repository root:
+#   DATA=path/to/bsd199 TUNE=path/to/t91 TESTSETS=dir OUT=results_dir OFFICIAL_DIFFPIR=path/to/DiffPIR [SCALE=1] \
+#     bash benchmarks/gpu_demo_session.sh
 # SCALE multiplies every time budget (0.02 for a quick CPU dry run). Needs torch, accelerate, safetensors, pyyaml,
 # scipy, pillow (no install: the repository runs from PYTHONPATH).
 set -uo pipefail
