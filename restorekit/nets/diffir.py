@@ -390,11 +390,14 @@ class IPRDiffusion(nn.Module):
 
     def forward(self, lq, ipr_s1=None, generator: torch.Generator | None = None, official_rng: bool = True):
         """Training (``ipr_s1`` given): start from q(x_T | IPR_S1), return (IPR, per-step list).
-        Inference: start from N(0, I), return the IPR."""
+        Inference: start from N(0, I), return the IPR. ``generator`` may be a list, one per sample."""
         c = self.condition(lq)
         b = lq.shape[0]
 
         def randn(shape):
+            if isinstance(generator, (list, tuple)):  # one generator per sample: each draws as a batch of one
+                return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator]).to(lq.device,
+                                                                                                     lq.dtype)
             return torch.randn(shape, generator=generator).to(lq.device, lq.dtype)
 
         T = self.num_timesteps

@@ -89,6 +89,7 @@ class DiffIR(Restorer):
     name = "diffir"
     tasks = ("sr", "deblur", "inpaint")
     blind = True  # needs no kernel (inpainting still needs the mask)
+    supports_batch = True
     default_models = {"sr": "diffir-demo-sr", "deblur": "diffir-demo-deblur", "inpaint": "diffir-demo-inpaint"}
     default_model = "diffir-demo-sr"
 
@@ -155,28 +156,58 @@ class DiffIR(Restorer):
             raise TaskError(f"this DiffIR checkpoint ({self.preset}) is a {self.tasks[0]} model; it cannot do "
                             f"{task!r} - load a {task} checkpoint")
 
-    @torch.no_grad()
-    def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
-                       seed: int | None = None, progress=None, **options) -> torch.Tensor:
-        self.check_task(task)
-        run = self.make_config(task, steps, **options)
-        y = y.to(self.device, torch.float32)
+    def _prepare(self, y: torch.Tensor, task: str, operator):
+        """(network input, missing-pixel map or None) of one observation, as upstream pads it."""
         h, w = y.shape[-2:]
-        sf = self.config.sf
         if task == "inpaint":
             if not isinstance(operator, Inpainting):
                 raise TaskError("DiffIR inpainting needs the mask: operator=Inpainting(mask) (1 = known pixel)")
             # official predict.py: mask = (mask > 0), with mask = 1 - known here
             missing = ((1.0 - operator.mask.to(y)[:, :1]) > 0).to(y).expand(y.shape[0], 1, h, w)
             net_in = torch.cat([y * (1 - missing), missing], dim=1)
-            net_in = pad_symmetric(net_in, self.config.size_multiple)  # LaMa's pad_img_to_modulo
-        else:
-            net_in, _ = pad_to_multiple(y, self.config.size_multiple)  # reflect, as upstream's pad_test
-        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
-        out = self.net(net_in.to(self.dtype), generator=gen, official_rng=run.official_rng)[..., : h * sf, : w * sf]
-        out = out.float()
+            return pad_symmetric(net_in, self.config.size_multiple), missing  # LaMa's pad_img_to_modulo
+        net_in, _ = pad_to_multiple(y, self.config.size_multiple)  # reflect, as upstream's pad_test
+        return net_in, None
+
+    @torch.no_grad()
+    def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
+                       seed: int | None = None, progress=None, **options) -> torch.Tensor:
+        return self.restore_batch([y], [operator], [seed], task=task, steps=steps, progress=progress, **options)[0]
+
+    @torch.no_grad()
+    def restore_batch(self, ys, ops=None, seeds=None, *, task: str, steps: int | None = None, progress=None,
+                      **options) -> list[torch.Tensor]:
+        """Restore the (1, C, h, w) observations ``ys`` in one network call per group of same-size images; image k
+        uses ``ops[k]`` (its inpainting mask) and its own random stream seeded ``seeds[k]`` (``None``: 0), so each
+        result equals a one-image run up to the network's batch-size rounding."""
+        from ...api import per_image_operators
+
+        self.check_task(task)
+        run = self.make_config(task, steps, **options)
+        n = len(ys)
+        ops = per_image_operators(ops, n)
+        seeds = [None] * n if seeds is None else list(seeds)
+        if len(seeds) != n:
+            raise TaskError(f"got {n} images but {len(seeds)} seeds")
+        ys = [y.to(self.device, torch.float32) for y in ys]
+        groups: dict = {}
+        for k, y in enumerate(ys):
+            groups.setdefault(tuple(y.shape), []).append(k)
+        outs: list = [None] * n
+        sf = self.config.sf
+        for idx in groups.values():
+            prepared = [self._prepare(ys[k], task, ops[k]) for k in idx]
+            net_in = torch.cat([p[0] for p in prepared])
+            gens = [torch.Generator().manual_seed(0 if seeds[k] is None else int(seeds[k])) for k in idx]
+            h, w = ys[idx[0]].shape[-2:]
+            out = self.net(net_in.to(self.dtype), generator=gens, official_rng=run.official_rng)
+            out = out[..., : h * sf, : w * sf].float()
+            for j, k in enumerate(idx):
+                o = out[j:j + 1]
+                missing = prepared[j][1]
+                if missing is not None:
+                    o = missing * o + (1 - missing) * ys[k]  # keep the known pixels, as upstream
+                outs[k] = o.clamp(0, 1)
         if progress is not None:
             progress(0, 1, 0)
-        if task == "inpaint":
-            out = missing * out + (1 - missing) * y  # keep the known pixels, as upstream
-        return out.clamp(0, 1)
+        return outs
