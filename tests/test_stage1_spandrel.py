@@ -186,11 +186,7 @@ def test_stage1_file_errors(light, tmp_path):
         load_stage1_file(tmp_path / "extra.pth")
     for e in (WeightsError, TaskError):
         assert issubclass(e, RestoreKitError)
-    # a x2 model runs untiled only (the tiled stage 1 places tiles for x1 / x4 networks)
     torch.save(_esrgan(scale=2).state_dict(), tmp_path / "x2.pth")
-    r = _diffbir(light, str(tmp_path / "x2.pth"))
-    with pytest.raises(TaskError, match="x2"):
-        r.restore(torch.rand(1, 3, 8, 8), task="sr", steps=1, tiled=True)
     with pytest.raises(TaskError, match="stage1_kind"):
         DiffBIR.from_components(*light[:3], stage1=str(tmp_path / "x2.pth"), stage1_kind="bsrnet", device="cpu",
                                 encode_prompt=_encode_prompt(light[3]))
@@ -240,3 +236,22 @@ def test_cli_stage1_flag(tmp_path, capsys):
                  str(tmp_path / "o2/"), "--degrade", "--stage1", str(tmp_path / "x4.pth")]) == 2
     assert "--stage1 is a DiffBIR option" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_tiled_stage1_places_tiles_for_any_factor(tmp_path):
+    """The tiled stage 1 scales tile positions by the model's own factor (x2 here): 3x3 tiles of 8 px every 4 on a
+    16x16 LQ give a 32x32 stage-1 image close to the untiled one (a wrong factor misplaces or mis-sizes tiles)."""
+    from restorekit.methods.diffbir.pipeline import DiffBIRSettings, apply_cleaner
+    from restorekit.methods.diffbir.restorer import load_stage1_file
+
+    torch.save(_esrgan(scale=2).state_dict(), tmp_path / "x2.pth")
+    net, kind = load_stage1_file(tmp_path / "x2.pth")
+    assert kind == "bsrnet" and net.scale == 2
+    lq = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    s_tiled = DiffBIRSettings(cleaner_tiled=True, cleaner_tile_size=8, cleaner_tile_stride=4)
+    with torch.no_grad():
+        raw = net(lq)
+        tiles = apply_cleaner(net, "bsrnet", lq, s_tiled, (32, 32))
+        whole = apply_cleaner(net, "bsrnet", lq, DiffBIRSettings(), (32, 32))
+    assert raw.shape[-2:] == (32, 32) and tiles.shape == whole.shape
+    assert 0 < (tiles - whole).abs().mean() < 0.5 * (whole - whole.mean()).abs().mean()

@@ -286,7 +286,7 @@ def apply_cleaner(cleaner, kind: str, lq: torch.Tensor, s: DiffBIRSettings,
     "swinir" / "scunet"); ``cleaner`` None is the identity (a same-size stage 1 that does nothing)."""
     net = (lambda x: cleaner(x).float()) if cleaner is not None else (lambda x: x)  # resizes run in float32
     tiled = s.cleaner_tiled and not (lq.shape[2] < s.cleaner_tile_size or lq.shape[3] < s.cleaner_tile_size)
-    scale = 4 if kind == "bsrnet" else 1
+    scale = int(getattr(cleaner, "scale", 4)) if kind == "bsrnet" else 1  # any spandrel factor
     if kind == "swinir" and tiled and s.cleaner_tile_size % 64:
         from ...errors import TaskError
 

@@ -366,7 +366,6 @@ class DiffBIR(Restorer):
         pos = self._caption_prompt(y, s)
         self.pipeline.controlnet = self.controlnet_for(task)
         net, kind = self.stage1_for(task)
-        check_stage1_tiling(net, s)
         if task == "unaligned_face":
             from .face import restore_unaligned_faces
 
@@ -504,14 +503,6 @@ def _unused_tensors(sd: dict, own: dict) -> list[str]:
         by_shape.setdefault(tuple(v.shape), []).append(v)
     return [k for k, v in sd.items()
             if not any(torch.equal(v.to(o.dtype), o) for o in by_shape.get(tuple(v.shape), []))]
-
-
-def check_stage1_tiling(net, s) -> None:
-    """The tiled stage 1 (``cleaner_tiled``) places tiles for a x1 or x4 network only."""
-    scale = getattr(net, "scale", None)
-    if isinstance(net, SpandrelStage1) and s.cleaner_tiled and scale not in (1, 4):
-        raise TaskError(f"the tiled stage 1 (cleaner_tiled / tiled) takes x1 or x4 stage-1 models; {net.source} "
-                        f"is x{scale}: run it untiled")
 
 
 def _stage1_factories():
