@@ -444,9 +444,17 @@ def _train_opts(cfg: dict, steps, output):
     return tr, total, exp
 
 
+def _step_loop(tr: dict, total: int, exp: Path, state_dir, save_every: int, log, tag: str):
+    """The shared training loop with the ``train:`` options both stages read (seed, precision, logs)."""
+    from ...training import StepLoop
+
+    return StepLoop(total, state_dir or exp / "states", seed=int(tr.get("seed", 231)), save_every=save_every,
+                    mixed_precision=tr.get("mixed_precision", "no"), log=log,
+                    log_every=int(tr.get("log_every", 0) or 0), tag=tag)
+
+
 def train_stage1(cfg: dict, data=None, output=None, steps=None, resume=None, state_dir=None, val_freq=None,
                  save_every=None, val_data=None, log=print) -> dict:
-    from ...training import StepLoop
     from ...weights import load_state_dict, load_strict
     from .data import build_dataset
 
@@ -462,10 +470,8 @@ def train_stage1(cfg: dict, data=None, output=None, steps=None, resume=None, sta
         log(f"strictly loaded the stage-1 weights from {tr['resume']}")
     ds, transform = build_dataset((cfg.get("dataset") or {}).get("train") or {}, cfg.get("batch_transform"), data)
     ckpt_every = int(tr.get("ckpt_every", 0) or 0)
-    loop = StepLoop(total, state_dir or exp / "states", seed=int(tr.get("seed", 231)),
-                    save_every=ckpt_every if save_every is None else save_every,
-                    mixed_precision=tr.get("mixed_precision", "no"), log=log,
-                    log_every=int(tr.get("log_every", 0) or 0), tag="diffbir stage 1")
+    loop = _step_loop(tr, total, exp, state_dir, ckpt_every if save_every is None else save_every, log,
+                      "diffbir stage 1")
     batch = loop.per_process(int(tr.get("batch_size", 16)))
     opt = torch.optim.AdamW(net.parameters(), lr=float(tr.get("learning_rate", 1e-4)), weight_decay=0)
     net.train().to(loop.device)
@@ -598,7 +604,7 @@ def build_stage2(cfg: dict, sd_path=None, log=print):
 
 def train_stage2(cfg: dict, data=None, output=None, steps=None, resume=None, state_dir=None, val_freq=None,
                  save_every=None, val_data=None, sd_path=None, s1_weights=None, log=print) -> dict:
-    from ...training import StepLoop, save_atomic
+    from ...training import save_atomic
     from .data import build_dataset
 
     tr, total, exp = _train_opts(cfg, steps, output)
@@ -613,10 +619,8 @@ def train_stage2(cfg: dict, data=None, output=None, steps=None, resume=None, sta
     diffusion = Diffusion(dict((model.get("diffusion") or {}).get("params") or {}))
     ds, transform = build_dataset((cfg.get("dataset") or {}).get("train") or {}, cfg.get("batch_transform"), data)
     ckpt_every = int(tr.get("ckpt_every", 0) or 0)
-    loop = StepLoop(total, state_dir or exp / "states", seed=int(tr.get("seed", 231)),
-                    save_every=ckpt_every if save_every is None else save_every,
-                    mixed_precision=tr.get("mixed_precision", "no"), log=log,
-                    log_every=int(tr.get("log_every", 0) or 0), tag="diffbir stage 2")
+    loop = _step_loop(tr, total, exp, state_dir, ckpt_every if save_every is None else save_every, log,
+                      "diffbir stage 2")
     batch = loop.per_process(int(tr.get("batch_size", 16)))
     dev = loop.device
     cldm = ControlLDM(unet, cn)
