@@ -8,26 +8,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
 from safetensors import safe_open
 
 from restorekit.cli import main
 from restorekit.errors import ConfigError
 from restorekit.methods.diffir.train import make_pairs, network_config, train_diffir
-from restorekit.methods.diffpir.train import (TRAIN_DEFAULTS, DeviceEMA, device_crops, load_prior_config,
-                                              train_prior)
+from restorekit.methods.diffpir.train import (
+    TRAIN_DEFAULTS,
+    DeviceEMA,
+    device_crops,
+    load_prior_config,
+    train_prior,
+)
 
 from .conftest import TINY
 from .test_diffir import TINY as TINY_IR
-
-
-def _data(root, n=3, size=48):
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        a = np.kron(rng.random((size // 8, size // 8, 3)), np.ones((8, 8, 1)))
-        Image.fromarray((a * 255).astype(np.uint8)).save(root / f"{i}.png")
-    return root
+from .test_diffir_train import _images
 
 
 def test_committed_demo_prior_config_parses():
@@ -44,7 +40,7 @@ def test_prior_config_rejects_unknown_keys(tmp_path):
 
 
 def test_cli_trains_prior_from_yaml_and_flags_win(tmp_path, capsys):
-    d = _data(tmp_path / "data")
+    d = _images(tmp_path / "data")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"unet": TINY.to_dict(), "train": {"steps": 50, "batch_size": 2, "crop": 32,
                                                                       "save_dtype": "fp16"}}))
@@ -59,7 +55,7 @@ def test_cli_trains_prior_from_yaml_and_flags_win(tmp_path, capsys):
 
 
 def test_time_budget_shortens_the_run(tmp_path):
-    d = _data(tmp_path / "data")
+    d = _images(tmp_path / "data")
     logs = []
     info = train_prior(d, tmp_path / "p.safetensors", steps=100000, batch_size=1, crop=16, config=TINY,
                        time_budget=1e-3, log=logs.append)
@@ -101,7 +97,7 @@ def test_mixed_sr_degradation_splits_the_batch():
 
 
 def test_diffir_stage_time_limit_saves_early(tmp_path):
-    d = _data(tmp_path / "data", size=32)
+    d = _images(tmp_path / "data", size=32)
     cfg = {"task": "sr", "network": {**TINY_IR.to_dict(), "variant": "sr", "scale": 4}, "degradation": "bicubic",
            "gt_size": 32, "batch_size": 2, "seed": 0,
            "stage1": {"steps": 1000, "time_limit": 0.0, "output": str(tmp_path / "s1.safetensors")}}

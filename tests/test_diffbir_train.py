@@ -21,6 +21,7 @@ from restorekit.methods.diffbir import data as D
 from restorekit.methods.diffbir import train as T
 
 from .conftest import randomised
+from .test_diffbir_pipeline import off_q_coefs
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = {name: yaml.safe_load((ROOT / "configs" / "diffbir" / f"{name}.yaml").read_text())
@@ -340,18 +341,7 @@ def test_stage1_steps_reduce_the_loss_on_a_fixed_batch(entry, images):
 def _off_diffusion(zero_snr, t, x0, noise, parameterization):
     """Transcribed from DiffBIR diffbir/model/gaussian_diffusion.py L7-L20 (linear make_beta_schedule),
     L48-L73 (enforce_zero_terminal_snr), L106-L125 (buffers), L130-L141 (q_sample, get_v), L171-L182 (target)."""
-    betas = np.linspace(0.00085 ** 0.5, 0.0120 ** 0.5, 1000, dtype=np.float64) ** 2
-    if zero_snr:
-        b = torch.from_numpy(betas)
-        abs_ = (1 - b).cumprod(0).sqrt()
-        a0, aT = abs_[0].clone(), abs_[-1].clone()
-        abs_ -= aT
-        abs_ *= a0 / (a0 - aT)
-        ab = abs_ ** 2
-        betas = (1 - torch.cat([ab[0:1], ab[1:] / ab[:-1]])).numpy()
-    ac = np.cumprod(1.0 - betas, axis=0)
-    sa = torch.tensor(np.sqrt(ac), dtype=torch.float32)
-    s1 = torch.tensor(np.sqrt(1.0 - ac), dtype=torch.float32)
+    sa, s1, _ = off_q_coefs(zero_snr)  # the betas / zero-SNR / buffer lines, transcribed in test_diffbir_pipeline
     ex = lambda a: a.gather(-1, t).reshape(t.shape[0], 1, 1, 1)
     x_noisy = ex(sa) * x0 + ex(s1) * noise
     target = noise if parameterization == "eps" else ex(sa) * noise - ex(s1) * x0

@@ -238,7 +238,7 @@ def test_cli_stage1_flag(tmp_path, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_tiled_stage1_places_tiles_for_any_factor(tmp_path):
+def test_tiled_stage1_places_tiles_for_any_factor(light, tmp_path):
     """The tiled stage 1 scales tile positions by the model's own factor (x2 here): 3x3 tiles of 8 px every 4 on a
     16x16 LQ give a 32x32 stage-1 image close to the untiled one (a wrong factor misplaces or mis-sizes tiles)."""
     from restorekit.methods.diffbir.pipeline import DiffBIRSettings, apply_cleaner
@@ -255,3 +255,7 @@ def test_tiled_stage1_places_tiles_for_any_factor(tmp_path):
         whole = apply_cleaner(net, "bsrnet", lq, DiffBIRSettings(), (32, 32))
     assert raw.shape[-2:] == (32, 32) and tiles.shape == whole.shape
     assert 0 < (tiles - whole).abs().mean() < 0.5 * (whole - whole.mean()).abs().mean()
+    # and through the restorer, as a user asks for it (this used to be refused for a x2 model)
+    r = _diffbir(light, str(tmp_path / "x2.pth"))
+    out = r.restore(lq, task="sr", scale=2, steps=1, cleaner_tiled=True, cleaner_tile_size=8, cleaner_tile_stride=4)
+    assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
