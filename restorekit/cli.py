@@ -505,7 +505,7 @@ def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False)
     """Read (and with --degrade degrade) one input: the observation ``y``, its operator and seed."""
     from .api import check_image_size, check_operator_fits
     from .io import pad_to_multiple, read_image, read_kernel, read_mask, save_image
-    from .operators import make_operator, synthesize
+    from .operators import observed_operator, synthesize
 
     arr, info = first if first is not None else read_image(job.input)
     x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
@@ -532,23 +532,13 @@ def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False)
         print(f"degraded input written to {degraded_path}", file=sys.stderr)
     else:
         y = x
-        h, w = y.shape[-2:]
-        if task not in ("deblur", "sr", "inpaint") or (blind and task != "inpaint" and not args.kernel_file):
-            op = None  # blind methods / tasks need no operator
-        elif task == "deblur":
-            if not args.kernel_file:
-                raise TaskError(f"{method} deblurring is non-blind: give the blur kernel with --kernel-file "
-                                "(or use --degrade to blur the input synthetically)")
-            op = make_operator("deblur", (h, w), kernel_tensor=read_kernel(args.kernel_file))
-        elif task == "inpaint":
-            if not args.mask_file:
-                raise TaskError("inpainting an already masked image needs --mask-file (white = known pixels), "
-                                "or use --degrade to mask the input synthetically")
-            op = make_operator("inpaint", (h, w), mask_tensor=read_mask(args.mask_file, h, w))
-        else:  # the observation is low resolution: the operator acts on the (h*scale, w*scale) image
-            op = make_operator("sr", (h * args.scale, w * args.scale), scale=args.scale,
-                               sr_mode="bicubic" if args.sr_mode == "realesrgan" else args.sr_mode,
-                               sr_kernel_std=args.sr_kernel_std)
+        op = observed_operator(
+            task, tuple(y.shape[-2:]), blind=blind, kernel_file=args.kernel_file, mask_file=args.mask_file,
+            scale=args.scale, sr_mode=args.sr_mode, sr_kernel_std=args.sr_kernel_std,
+            no_kernel=f"{method} deblurring is non-blind: give the blur kernel with --kernel-file "
+                      "(or use --degrade to blur the input synthetically)",
+            no_mask="inpainting an already masked image needs --mask-file (white = known pixels), "
+                    "or use --degrade to mask the input synthetically")
     if task == "inpaint":
         check_operator_fits(op, y.shape[-2:])
     return {"job": job, "x": x, "y": y, "op": op, "seed": seed, "info": info, "reference": reference,

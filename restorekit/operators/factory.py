@@ -91,3 +91,26 @@ def synthesize(x: torch.Tensor, task: str, noise: float = 0.0, seed: int | None 
     if isinstance(op, Inpainting):
         y = op.forward(y)
     return y, op
+
+
+def observed_operator(task: str, hw: tuple[int, int], *, blind: bool, kernel_file=None, mask_file=None,
+                      scale: int = 4, sr_mode: str = "bicubic", sr_kernel_std: float = 1.6,
+                      no_kernel: str = "", no_mask: str = "") -> LinearOperator | None:
+    """The operator for an observation of size ``hw`` that is already degraded (no ``--degrade``): the kernel /
+    mask come from files, SR acts on the (h*scale, w*scale) image; ``None`` for blind methods and other tasks.
+    ``no_kernel`` / ``no_mask`` are the messages when a needed file was not given."""
+    from ..io import read_kernel, read_mask
+
+    h, w = hw
+    if task not in ("deblur", "sr", "inpaint") or (blind and task != "inpaint" and not kernel_file):
+        return None
+    if task == "deblur":
+        if not kernel_file:
+            raise TaskError(no_kernel)
+        return make_operator("deblur", (h, w), kernel_tensor=read_kernel(kernel_file))
+    if task == "inpaint":
+        if not mask_file:
+            raise TaskError(no_mask)
+        return make_operator("inpaint", (h, w), mask_tensor=read_mask(mask_file, h, w))
+    return make_operator("sr", (h * scale, w * scale), scale=scale,
+                         sr_mode="bicubic" if sr_mode == "realesrgan" else sr_mode, sr_kernel_std=sr_kernel_std)

@@ -213,7 +213,7 @@ def resize_max(x: torch.Tensor, max_side: int | None) -> torch.Tensor:
 def observe(x: torch.Tensor, task: str, d: Degradation, seed: int, noise_default: float, blind: bool):
     """(observation, operator, reference, original size) for a clean upload (``d.degrade``) or an observation."""
     from ..io import pad_to_multiple, read_kernel, read_mask
-    from ..operators import make_operator, synthesize
+    from ..operators import observed_operator, synthesize
 
     if d.degrade:
         reference, orig_hw = x, tuple(x.shape[-2:])
@@ -226,24 +226,15 @@ def observe(x: torch.Tensor, task: str, d: Degradation, seed: int, noise_default
                            kernel_size=d.kernel_size, kernel_std=d.kernel_std, scale=d.scale, mask=d.mask,
                            mask_prob=d.mask_prob, box_size=d.box_size, kernel_tensor=kt, mask_tensor=mt)
         return y, op, reference, orig_hw
-    y = x
-    h, w = y.shape[-2:]
-    if task not in ("deblur", "sr", "inpaint") or (blind and task != "inpaint" and not d.kernel_file):
-        op = None
-    elif task == "deblur":
-        if not d.kernel_file:
-            raise TaskError("this method's deblurring is non-blind: upload the blur kernel (.npy or image), "
-                            "or tick 'degrade the upload synthetically' to blur a sharp image first")
-        op = make_operator("deblur", (h, w), kernel_tensor=read_kernel(d.kernel_file))
-    elif task == "inpaint":
-        if not d.mask_file:
-            raise TaskError("inpainting an already masked image needs a mask image (white = known pixels), "
-                            "or tick 'degrade the upload synthetically' to mask it first")
-        op = make_operator("inpaint", (h, w), mask_tensor=read_mask(d.mask_file, h, w))
-    else:
-        op = make_operator("sr", (h * d.scale, w * d.scale), scale=d.scale,
-                           sr_mode="bicubic" if d.sr_mode == "realesrgan" else d.sr_mode)
-    return y, op, None, tuple(y.shape[-2:]) if task != "sr" else (h * d.scale, w * d.scale)
+    op = observed_operator(
+        task, tuple(x.shape[-2:]), blind=blind, kernel_file=d.kernel_file, mask_file=d.mask_file, scale=d.scale,
+        sr_mode=d.sr_mode,
+        no_kernel="this method's deblurring is non-blind: upload the blur kernel (.npy or image), "
+                  "or tick 'degrade the upload synthetically' to blur a sharp image first",
+        no_mask="inpainting an already masked image needs a mask image (white = known pixels), "
+                "or tick 'degrade the upload synthetically' to mask it first")
+    h, w = x.shape[-2:]
+    return x, op, None, (h, w) if task != "sr" else (h * d.scale, w * d.scale)
 
 
 def method_options(method: str, options: dict) -> dict:
