@@ -161,7 +161,7 @@ def run_method(args, demo, problem: str, spec: dict, method: str, todo: list):
         outs = [r.restore(o[0].to(args.device), task=spec["task"], seed=0) for o in obs]
     else:
         outs = [restore_classical(method, problem, o[0], o[1], x) for o, (k, n, x) in zip(obs, todo)]
-    return outs, obs
+    return outs
 
 
 def run(args) -> None:
@@ -190,7 +190,7 @@ def run(args) -> None:
                     continue
                 t0 = time.time()
                 try:
-                    outs, obs = run_method(args, demo, problem, spec, method, todo)
+                    outs = run_method(args, demo, problem, spec, method, todo)
                 except Exception as e:  # noqa: BLE001 - one failing model must not stop the others
                     print(f"{set_name} {problem} {method}: FAILED {type(e).__name__}: {e}", file=sys.stderr)
                     continue
@@ -206,16 +206,7 @@ def run(args) -> None:
 
 def tune(args) -> None:
     """lambda/zeta grid for diffpir-demo on crops of a folder that is neither training nor evaluation data."""
-    from restorekit.io import read_image
-
-    files = sorted(p for p in Path(args.tune).iterdir() if p.suffix.lower() in (".png", ".bmp", ".webp"))
-    crops = []
-    for p in files:
-        arr, _ = read_image(p)
-        x = torch.from_numpy(arr).permute(2, 0, 1)[None]
-        h, w = x.shape[-2:]
-        if min(h, w) >= 128:
-            crops.append(x[..., (h - 128) // 2:(h - 128) // 2 + 128, (w - 128) // 2:(w - 128) // 2 + 128])
+    crops = [x for _, x in centre_crops(Path(args.tune), 128)]
     crops = crops[:args.limit or 16]
     demo = Demo(args.device, args.diffpir_weights, None)
     grid = {"deblur_gaussian": [dict(lambda_=lam, zeta=z) for lam in (1.0, 7.0, 20.0) for z in (0.0, 0.3, 0.8)],

@@ -14,7 +14,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,9 +37,9 @@ def device_crops(imgs: list[torch.Tensor], batch: int, size: int, g: torch.Gener
                  rescale: tuple[float, float] = (0.5, 1.0)) -> torch.Tensor:
     """``batch`` random crops in [-1, 1] from images already on the training device.
 
-    Each crop takes a random square of side ``size / s`` (``s`` uniform in ``rescale``) and resizes it to
-    ``size`` (bilinear, antialiased), then a random flip and 90-degree rotation: the same distribution of
-    scales as :func:`restorekit.training.random_crops`, without resizing whole images every step."""
+    Each crop takes a random square of side ``size / s`` (``s`` uniform in ``rescale``, at most the image's short
+    side) and resizes it to ``size`` (bilinear, antialiased), then a random flip and 90-degree rotation; whole
+    images are never resized."""
     out = []
     r = torch.rand(batch, 5, generator=g).tolist()
     for i in range(batch):
