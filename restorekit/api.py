@@ -108,6 +108,26 @@ def per_image_operators(operator, n: int) -> list:
     return [operator] * n
 
 
+def same_size_groups(ys: list, seeds=None, *, device, default_seed: int, key=None) -> tuple[list, list]:
+    """The batching plan of a ``restore_batch``: ``ys`` as float32 (1, C, h, w) tensors on ``device``, and
+    ``[(indices, generators)]``, one entry per group of images with the same shape (or the same ``key(k)``), in
+    order of first appearance; image k's CPU generator is seeded ``seeds[k]`` (None: ``default_seed``)."""
+    n = len(ys)
+    seeds = [None] * n if seeds is None else list(seeds)
+    if len(seeds) != n:
+        raise TaskError(f"got {n} images but {len(seeds)} seeds")
+    ys = [y.to(device, torch.float32) for y in ys]
+    for y in ys:
+        if y.ndim != 4 or y.shape[0] != 1:
+            raise TaskError(f"restore_batch takes (1, C, h, w) images, got shape {tuple(y.shape)}")
+    groups: dict = {}
+    for k, y in enumerate(ys):
+        groups.setdefault(key(k) if key is not None else tuple(y.shape), []).append(k)
+    plan = [(idx, [torch.Generator().manual_seed(default_seed if seeds[k] is None else int(seeds[k])) for k in idx])
+            for idx in groups.values()]
+    return ys, plan
+
+
 class Restorer:
     """Base class of the method plugins.
 

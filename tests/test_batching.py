@@ -13,6 +13,8 @@ from restorekit.files import batches_by_size
 from restorekit.methods.diffpir import restorer as diffpir_restorer
 from restorekit.operators import Blur, Inpainting, gaussian_kernel
 
+from .test_diffbir_pipeline import _restorer, light  # noqa: F401  (light: the tiny DiffBIR models' fixture)
+
 
 @pytest.fixture
 def unet_batches(monkeypatch):
@@ -226,3 +228,30 @@ def test_diffir_batch_equals_one_at_a_time(tmp_path, task):
         assert (out[k] - alone).abs().max() < 1e-5
     other = r.restore(ys[0], task=task, operator=None if ops is None else ops[0], seed=99)
     assert (other - out[0]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("version,opts", [
+    ("v2", {"g_scale": 0.5, "g_loss": "w_mse", "start_point_type": "cond", "noise_aug": 20}),
+    ("v2.1", {"cfg_scale": 2.0}),  # edm_dpm++_3m_sde: one Brownian tree per image
+], ids=["v2-spaced-guidance", "v2.1-edm-sde"])
+def test_diffbir_batch_equals_one_at_a_time(light, version, opts):
+    """DiffBIR runs same-size images through both stages together (the ControlNet sees 2 images per call), each
+    drawing every noise (start point, noise augmentation, guidance target's VAE sample, sampler noise, Brownian
+    tree) from its own seed, and gives what one-image runs give; a different seed changes the result."""
+    from restorekit.nets.bsrnet import RRDBNet
+
+    r = _restorer(light, stage1=RRDBNet(nf=8, nb=1, gc=4).eval(), kind="bsrnet", version=version)
+    assert r.supports_batch
+    ys = [y for y in _ys([(9, 11), (10, 12), (9, 11)], seed=4)]
+    calls = []
+    r.pipeline.controlnet.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    out = r.restore([y[0] for y in ys], task="sr", steps=2, seed=7, scale=4, **opts)
+    assert 2 in calls and set(calls) == {1, 2}  # the two 9x11 images together, the 10x12 one alone
+    for k in range(3):
+        alone = r.restore(ys[k], task="sr", steps=2, seed=7 + k, scale=4, **opts)[0]
+        d = (out[k] - alone).abs()
+        assert out[k].shape == alone.shape == (3, 4 * ys[k].shape[-2], 4 * ys[k].shape[-1])
+        # 8-bit outputs: a batched convolution may round one level differently, nowhere more
+        assert d.max() <= 1 / 255 + 1e-6 and (d > 0).float().mean() < 0.01, (k, float(d.max()))
+    other = r.restore(ys[0], task="sr", steps=2, seed=99, scale=4, **opts)[0]
+    assert (other - out[0]).abs().max() > 0.02

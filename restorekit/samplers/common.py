@@ -22,6 +22,9 @@ class SamplerError(ConfigError):
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise like ``x``: the numbers ``torch.randn_like(x)`` draws from the global RNG, but drawn
     from ``generator``."""
+    if isinstance(generator, (list, tuple)):  # one generator per image: row k drawn as a one-image run draws it
+        _check_rows(generator, x.shape[0])
+        return torch.cat([randn_like(x[k:k + 1], g) for k, g in enumerate(generator)])
     if generator is None:
         return torch.randn_like(x)
     if generator.device == x.device:  # else (e.g. CPU generator, CUDA x): draw on the generator's device, move
@@ -29,16 +32,28 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.empty_like(x, device=generator.device).normal_(generator=generator).to(x.device)
 
 
+def _check_rows(generators, rows: int) -> None:
+    if len(generators) != rows:
+        raise SamplerError(f"{len(generators)} generators for a batch of {rows}")
+
+
 def randn(shape: tuple, generator: torch.Generator | None, device=None) -> torch.Tensor:
-    """float32 standard normal noise of ``shape`` (``torch.randn(shape)`` drawn from ``generator``)."""
+    """float32 standard normal noise of ``shape`` (``torch.randn(shape)`` drawn from ``generator``). A list of
+    generators, one per row of ``shape[0]``: row k is what generator k draws for a one-row ``shape``."""
+    if isinstance(generator, (list, tuple)):
+        _check_rows(generator, shape[0])
+        return torch.cat([randn((1, *shape[1:]), g, device) for g in generator])
     if generator is None:
         return torch.randn(shape, dtype=torch.float32, device=device)
     out = torch.randn(shape, dtype=torch.float32, generator=generator, device=generator.device)
     return out.to(device) if device is not None else out
 
 
-def random_seed(generator: torch.Generator | None) -> int:
-    """A seed in [0, 2**63 - 1), drawn as k-diffusion's BrownianTree noise sampler draws it."""
+def random_seed(generator: torch.Generator | None) -> int | list[int]:
+    """A seed in [0, 2**63 - 1), drawn as k-diffusion's BrownianTree noise sampler draws it (a list of
+    generators: one seed from each)."""
+    if isinstance(generator, (list, tuple)):
+        return [random_seed(g) for g in generator]
     return int(torch.randint(0, 2**63 - 1, [], generator=generator).item())
 
 

@@ -33,7 +33,8 @@ class GaussianNoise:
 
 class BrownianNoise:
     """Normalised increments ``(W(sigma_next) - W(sigma)) / sqrt(|sigma_next - sigma|)`` of one
-    ``torchsde.BrownianTree`` on [sigma_min, sigma_max], seeded by a 63-bit integer drawn from the generator."""
+    ``torchsde.BrownianTree`` on [sigma_min, sigma_max], seeded by a 63-bit integer drawn from the generator
+    (a list of generators: one tree per image, seeded from its own generator)."""
 
     def __init__(self, x: torch.Tensor, sigma_min, sigma_max, generator: torch.Generator | None):
         self.seed = random_seed(generator)  # drawn now (RNG order); the tree is built on first use
@@ -51,7 +52,11 @@ class BrownianNoise:
         self.flip = 1 if lo < hi else -1
         if self.flip < 0:
             lo, hi = hi, lo
-        self.tree = torchsde.BrownianTree(lo, torch.zeros_like(self.x), hi, entropy=self.seed)
+        if isinstance(self.seed, list):  # one tree per image (a one-image run's tree for each row)
+            self.tree = [torchsde.BrownianTree(lo, torch.zeros_like(self.x[k:k + 1]), hi, entropy=s)
+                         for k, s in enumerate(self.seed)]
+        else:
+            self.tree = torchsde.BrownianTree(lo, torch.zeros_like(self.x), hi, entropy=self.seed)
 
     def __call__(self, sigma, sigma_next) -> torch.Tensor:
         if self.tree is None:
@@ -60,7 +65,8 @@ class BrownianNoise:
         lo, hi, flip = (a, b, 1) if a < b else (b, a, -1)
         with warnings.catch_warnings():  # queries can sit a float32 ulp outside the tree's interval
             warnings.filterwarnings("ignore", message="Should have", category=UserWarning)
-            w = self.tree(lo, hi) * (self.flip * flip)
+            trees = self.tree if isinstance(self.tree, list) else [self.tree]
+            w = torch.cat([t(lo, hi) for t in trees]) * (self.flip * flip)
         return w / (b - a).abs().sqrt()
 
 

@@ -334,8 +334,9 @@ class DiffBIRPipeline:
         dist = DiagonalGaussianDistribution(tiled_encode_moments(self.vae, x, tile_size)) if tiled \
             else self.vae.encode(x).latent_dist
         if sample:
-            noise = torch.randn(dist.mean.shape, generator=generator, dtype=torch.float32,
-                                device=generator.device if generator is not None else dist.mean.device)
+            from ...samplers import randn
+
+            noise = randn(tuple(dist.mean.shape), generator, device=dist.mean.device if generator is None else None)
             z = dist.mean + dist.std * noise.to(dist.mean.device, dist.mean.dtype)
         else:
             z = dist.mode()
@@ -391,8 +392,9 @@ class DiffBIRPipeline:
         if enc_tiled and (s.vae_encoder_tile_size % 8 or s.vae_encoder_tile_size < 8):
             raise TaskError("VAE encoder tile size must be a positive multiple of 8")
         pos = s.pos_prompt if pos_prompt is None else pos_prompt
+        prompts = list(pos) if isinstance(pos, (list, tuple)) else [pos] * bs  # a list: one prompt per image
         c_img = self.vae_encode(cond_img * 2 - 1, sample=False, tiled=enc_tiled, tile_size=s.vae_encoder_tile_size)
-        cond = {"c_txt": self.encode_prompt([pos] * bs), "c_img": c_img}
+        cond = {"c_txt": self.encode_prompt(prompts), "c_img": c_img}
         uncond = {"c_txt": self.encode_prompt([s.neg_prompt] * bs), "c_img": c_img}
         h1, w1 = c_img.shape[2:]
         cldm_tiled = s.cldm_tiled and not (h1 < s.cldm_tile_size // 8 or w1 < s.cldm_tile_size // 8)

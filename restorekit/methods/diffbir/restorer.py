@@ -355,13 +355,7 @@ class DiffBIR(Restorer):
     def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
                        seed: int | None = None, progress=None, scale: float | None = 4, **options) -> torch.Tensor:
         """(b,3,h,w) in [0,1] -> (b * n_samples, 3, H, W); ``seed`` None is the official default 231."""
-        self.check_task(task)
-        if (self.version, task) not in PLAN:
-            raise TaskError(f"DiffBIR {self.version} does not do task {task!r}; use v2 or v2.1")
-        upscale = float(options.pop("upscale", None) or scale or 4)
-        precision, dtype = options.pop("precision", None), options.pop("torch_dtype", None)
-        self.set_precision(precision if precision is not None else dtype)
-        s = self.make_config(task, steps, **options)
+        s, upscale = self._prepare(task, steps, scale, options)
         gen = torch.Generator().manual_seed(231 if seed is None else int(seed))
         pos = self._caption_prompt(y, s)
         self.pipeline.controlnet = self.controlnet_for(task)
@@ -371,6 +365,47 @@ class DiffBIR(Restorer):
 
             return restore_unaligned_faces(self, y, s, upscale, gen, progress, pos)
         return self.run_samples(y, s, net, kind, upscale, gen, progress, pos)
+
+    def _prepare(self, task: str, steps, scale, options: dict) -> tuple[DiffBIRSettings, float]:
+        """Checks the task, applies ``precision`` / ``torch_dtype``; returns the settings and the upscale factor."""
+        self.check_task(task)
+        if (self.version, task) not in PLAN:
+            raise TaskError(f"DiffBIR {self.version} does not do task {task!r}; use v2 or v2.1")
+        options = dict(options)
+        upscale = float(options.pop("upscale", None) or scale or 4)
+        precision, dtype = options.pop("precision", None), options.pop("torch_dtype", None)
+        self.set_precision(precision if precision is not None else dtype)
+        return self.make_config(task, steps, **options), upscale
+
+    supports_batch = True
+
+    @torch.no_grad()
+    def restore_batch(self, ys, ops=None, seeds=None, *, task: str, steps: int | None = None, progress=None,
+                      scale: float | None = 4, **options) -> list[torch.Tensor]:
+        """Restore the (1, 3, h, w) images ``ys`` (image k with seed ``seeds[k]``, None: 231): same-size images go
+        through both stages together (one UNet / ControlNet call per step for the group), each drawing its noise
+        from its own generator, so image k gets what ``restore_tensor(ys[k], seed=seeds[k])`` gives it.
+        ``unaligned_face`` and ``n_samples`` > 1 restore image by image. DiffBIR is blind: ``ops`` is unused."""
+        from ...api import per_image_operators, same_size_groups
+
+        n = len(ys)
+        per_image_operators(ops, n)
+        s, upscale = self._prepare(task, steps, scale, options)
+        if task == "unaligned_face" or s.n_samples > 1 or n == 1:
+            return super().restore_batch(ys, ops, seeds, task=task, steps=steps, progress=progress, scale=scale,
+                                         **options)
+        ys, plan = same_size_groups(ys, seeds, device=self.device, default_seed=231)
+        self.pipeline.controlnet = self.controlnet_for(task)
+        net, kind = self.stage1_for(task)
+        outs: list = [None] * n
+        for idx, gens in plan:
+            y = torch.cat([ys[k] for k in idx])
+            pos = self._caption_prompt(y[:1], s) if s.captioner == "none" else \
+                [self._caption_prompt(y[j:j + 1], s) for j in range(len(idx))]
+            out = self.pipeline.run(y, s, net, kind, upscale, gens if len(idx) > 1 else gens[0], progress, pos)
+            for j, k in enumerate(idx):
+                outs[k] = out[j:j + 1]
+        return outs
 
     def set_precision(self, precision) -> None:
         """``fp32`` | ``fp16`` | ``bf16`` (or a torch dtype): the UNet and ControlNet weights' dtype and the

@@ -180,25 +180,18 @@ class DiffIR(Restorer):
         """Restore the (1, C, h, w) observations ``ys`` in one network call per group of same-size images; image k
         uses ``ops[k]`` (its inpainting mask) and its own random stream seeded ``seeds[k]`` (``None``: 0), so each
         result equals a one-image run up to the network's batch-size rounding."""
-        from ...api import per_image_operators
+        from ...api import per_image_operators, same_size_groups
 
         self.check_task(task)
         run = self.make_config(task, steps, **options)
         n = len(ys)
         ops = per_image_operators(ops, n)
-        seeds = [None] * n if seeds is None else list(seeds)
-        if len(seeds) != n:
-            raise TaskError(f"got {n} images but {len(seeds)} seeds")
-        ys = [y.to(self.device, torch.float32) for y in ys]
-        groups: dict = {}
-        for k, y in enumerate(ys):
-            groups.setdefault(tuple(y.shape), []).append(k)
+        ys, plan = same_size_groups(ys, seeds, device=self.device, default_seed=0)
         outs: list = [None] * n
         sf = self.config.sf
-        for idx in groups.values():
+        for idx, gens in plan:
             prepared = [self._prepare(ys[k], task, ops[k]) for k in idx]
             net_in = torch.cat([p[0] for p in prepared])
-            gens = [torch.Generator().manual_seed(0 if seeds[k] is None else int(seeds[k])) for k in idx]
             h, w = ys[idx[0]].shape[-2:]
             out = self.net(net_in.to(self.dtype), generator=gens, official_rng=run.official_rng)
             out = out[..., : h * sf, : w * sf].float()

@@ -173,25 +173,16 @@ class DiffPIR(Restorer):
         same-size images; ``ops[k]`` / ``seeds[k]`` are image k's operator and seed (``None``: seed 0). Each
         result equals ``restore_tensor(ys[k], task, ops[k], seed=seeds[k], ...)`` up to the network's
         batch-size rounding."""
-        from ...api import per_image_operators
+        from ...api import per_image_operators, same_size_groups
 
         self.check_task(task)
         cfg = self.make_config(task, steps, **options)
         n = len(ys)
         ops = [self._check_operator(task, op, scale) for op in per_image_operators(ops, n)]
-        seeds = [None] * n if seeds is None else list(seeds)
-        if len(seeds) != n:
-            raise TaskError(f"got {n} images but {len(seeds)} seeds")
-        ys = [y.to(self.device, torch.float32) for y in ys]
-        for y in ys:
-            if y.ndim != 4 or y.shape[0] != 1:
-                raise TaskError(f"restore_batch takes (1, C, h, w) images, got shape {tuple(y.shape)}")
-        groups: dict = {}
-        for k, (y, op) in enumerate(zip(ys, ops)):
-            groups.setdefault((tuple(y.shape), op.input_size(*y.shape[-2:])), []).append(k)
+        ys, plan = same_size_groups(ys, seeds, device=self.device, default_seed=0,
+                                    key=lambda k: (tuple(ys[k].shape), ops[k].input_size(*ys[k].shape[-2:])))
         outs: list = [None] * n
-        for idx in groups.values():
-            gens = [torch.Generator().manual_seed(0 if seeds[k] is None else int(seeds[k])) for k in idx]
+        for idx, gens in plan:
             x_init = torch.cat([self._x_init(ys[k], ops[k], task, cfg) for k in idx])
             y = torch.cat([ys[k] for k in idx])
             if len(idx) == 1:  # exactly restore_tensor's call
