@@ -233,8 +233,9 @@ def test_diffir_batch_equals_one_at_a_time(tmp_path, task):
 @pytest.mark.parametrize("version,opts", [
     ("v2", {"g_scale": 0.5, "g_loss": "w_mse", "start_point_type": "cond", "noise_aug": 20}),
     ("v2.1", {"cfg_scale": 2.0}),  # edm_dpm++_3m_sde: one Brownian tree per image
-], ids=["v2-spaced-guidance", "v2.1-edm-sde"])
-def test_diffbir_batch_equals_one_at_a_time(light, version, opts):
+    ("v2", {"cldm_tiled": True, "cldm_tile_size": 256, "cldm_tile_stride": 192}),  # 512x626: 6 diffusion tiles
+], ids=["v2-spaced-guidance", "v2.1-edm-sde", "v2-tiled"])
+def test_diffbir_batch_equals_one_at_a_time(light, version, opts, monkeypatch):
     """DiffBIR runs same-size images through both stages together (the ControlNet sees 2 images per call), each
     drawing every noise (start point, noise augmentation, guidance target's VAE sample, sampler noise, Brownian
     tree) from its own seed, and gives what one-image runs give; a different seed changes the result."""
@@ -243,10 +244,15 @@ def test_diffbir_batch_equals_one_at_a_time(light, version, opts):
     r = _restorer(light, stage1=RRDBNet(nf=8, nb=1, gc=4).eval(), kind="bsrnet", version=version)
     assert r.supports_batch
     ys = [y for y in _ys([(9, 11), (10, 12), (9, 11)], seed=4)]
-    calls = []
+    calls, tiles = [], []
     r.pipeline.controlnet.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    from restorekit.methods.diffbir import pipeline as diffbir_pipeline
+
+    windows = diffbir_pipeline.sliding_windows
+    monkeypatch.setattr(diffbir_pipeline, "sliding_windows", lambda *a: tiles.append(len(windows(*a))) or windows(*a))
     out = r.restore([y[0] for y in ys], task="sr", steps=2, seed=7, scale=4, **opts)
     assert 2 in calls and set(calls) == {1, 2}  # the two 9x11 images together, the 10x12 one alone
+    assert (min(tiles) > 1) if opts.get("cldm_tiled") else not tiles
     for k in range(3):
         alone = r.restore(ys[k], task="sr", steps=2, seed=7 + k, scale=4, **opts)[0]
         d = (out[k] - alone).abs()
