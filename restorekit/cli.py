@@ -119,11 +119,12 @@ def _add_train(sub):
     p.add_argument("--s2-weights", default=None, help="DiffIR gan/finetune: the generator weights it starts from")
     p.add_argument("--d-weights", default=None, help="DiffIR finetune: the GAN stage's discriminator (.pth)")
     p.add_argument("--resume", default=None,
-                   help="DiffIR: continue from a training state: ITER.state, a folder of them, or 'auto' (latest)")
+                   help="continue from a training state: ITER.state, a folder of them, or 'auto' (latest)")
     p.add_argument("--state-dir", default=None,
-                   help="DiffIR: folder of training states (default: <output stem>_training_states)")
+                   help="folder of training states (default: DiffIR, prior: <output stem>_training_states; "
+                        "DiffBIR: EXP/states)")
     p.add_argument("--val-freq", type=int, default=None, help="DiffIR: validate every N iterations (config val.data)")
-    p.add_argument("--save-every", type=int, default=None, help="DiffIR: save a training state every N iterations")
+    p.add_argument("--save-every", type=int, default=None, help="save a training state every N iterations")
     p.add_argument("--batch-size", type=int, default=None, help="prior only (default: the config's, else 16)")
     p.add_argument("--crop", type=int, default=None, help="prior only (default: the config's, else 64)")
     p.add_argument("--lr", type=float, default=None, help="prior only (default: the config's, else 2e-4)")
@@ -677,11 +678,11 @@ def cmd_train(args) -> int:
     if args.config:
         cfg, train = load_prior_config(args.config)
         opts.update(train)
-    for k in ("steps", "batch_size", "crop", "lr", "seed", "time_limit"):
+    for k in ("steps", "batch_size", "crop", "lr", "seed", "time_limit", "save_every"):
         if getattr(args, k) is not None:
             opts[k] = getattr(args, k)
     info = train_prior(args.data, args.output, config=cfg, init=args.init, log=lambda s: print(s, file=sys.stderr),
-                       **opts)
+                       resume=args.resume, state_dir=args.state_dir, **opts)
     print(json.dumps(info))
     return 0
 

@@ -1,4 +1,5 @@
-"""Pieces shared by the training loops: image folders, random crops, EMA."""
+"""Pieces shared by the training loops: image folders, random crops, EMA, LR schedules and the shared
+step loop (:class:`StepLoop`)."""
 
 from __future__ import annotations
 
@@ -51,22 +52,6 @@ def random_crops(imgs: list[torch.Tensor], batch: int, size: int, g: torch.Gener
         crop = torch.rot90(crop, int(torch.randint(4, (1,), generator=g)), dims=(-2, -1))
         out.append(crop)
     return torch.stack(out).clamp(0, 1)
-
-
-class EMA:
-    """Exponential moving average of a module's state (kept on the CPU in float32)."""
-
-    def __init__(self, module: torch.nn.Module, decay: float = 0.999):
-        self.decay = decay
-        self.state = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
-        self.n = 0
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
-        self.n += 1
-        d = min(self.decay, (1 + self.n) / (10 + self.n))
-        for k, v in module.state_dict().items():
-            self.state[k].mul_(d).add_(v.detach().float().cpu(), alpha=1 - d)
 
 
 class ParamEMA:
@@ -286,27 +271,54 @@ def save_atomic(obj, path: str | Path) -> None:
     tmp.replace(path)
 
 
-class StepLoop:
-    """The loop every restorekit trainer can share: an ``accelerate.Accelerator`` (one CPU, one GPU or several;
-    ``mixed_precision`` "no" | "fp16" | "bf16"), random streams seeded ``seed + rank`` (``self.rng`` numpy,
-    ``self.g`` torch), exact ``--resume`` (the objects in ``state`` plus every random stream, the iteration and
-    the history), a training state every ``save_every`` iterations and hooks every N iterations.
+class RandomStream:
+    """A ``torch.Generator`` (any device) as an object with ``state_dict`` / ``load_state_dict``, for
+    :class:`StepLoop`'s ``local`` objects."""
 
-    ``run(step, hooks)``: ``step(it) -> dict`` of floats (the losses of iteration ``it``, counted from 1);
-    ``hooks``: ``[(every, fn(it))]``, called on every process after the step (``fn`` may return a dict, kept
-    in ``self.val_history``). ``state`` holds what all processes share (network, optimizer), ``local`` what each
-    process has of its own (its data stream, a training-pair pool): each process saves its own."""
+    def __init__(self, gen: torch.Generator):
+        self.gen = gen
+
+    def state_dict(self) -> dict:
+        return {"state": self.gen.get_state()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.gen.set_state(sd["state"])
+
+
+def _plain(v):
+    """A history value as a JSON number: ints stay ints, tensors and other numbers become floats."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    return float(v.item()) if torch.is_tensor(v) else float(v)
+
+
+class StepLoop:
+    """The loop every restorekit trainer shares: an ``accelerate.Accelerator`` (one CPU, one GPU or several;
+    ``mixed_precision`` "no" | "fp16" | "bf16", or None: as ``accelerate launch`` says), random streams seeded
+    ``seed + rank`` (``self.rng`` numpy, ``self.g`` torch), exact ``--resume`` (the objects in ``state`` plus every
+    random stream, the iteration and the history), a training state every ``save_every`` iterations, hooks every
+    N iterations, a log line every ``log_every`` iterations (the mean of each value since the last line) and
+    ``time_limit`` (seconds: the run stops after the iteration that passes it, all processes together, and writes
+    a training state there when states are on; ``self.last`` is the last iteration run).
+
+    ``run(step, state, hooks)``: ``step(it) -> dict`` of numbers or one-element tensors (the losses of iteration
+    ``it``, counted from 1; tensors become numbers when a line is logged, a state saved or the run ends, not
+    every step); ``hooks``: ``[(every, fn(it))]``, called on every process after the step (``fn`` may return
+    a dict, kept in ``self.val_history``). ``state`` holds what all processes share (network, optimizer),
+    ``local`` what each process has of its own (its data stream, a training-pair pool): each process saves its
+    own. ``step`` may lower ``self.total`` (a time budget); the lowered length is saved in the state."""
 
     def __init__(self, total: int, state_dir: str | Path, seed: int = 0, save_every: int = 0, mixed_precision="no",
                  split_batches: bool = False, log=print, log_every: int = 0, tag: str = "train",
-                 find_unused_parameters: bool = False):
+                 find_unused_parameters: bool = False, time_limit: float | None = None, log_skip=()):
         import random
 
         from accelerate import Accelerator, DistributedDataParallelKwargs
 
         handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
-        mp = {"fp32": "no", None: "no", False: "no"}.get(mixed_precision, mixed_precision)
-        if mp not in ("no", "fp16", "bf16"):
+        # None: accelerate's own choice (``accelerate launch --mixed_precision``, else no)
+        mp = {"fp32": "no", False: "no"}.get(mixed_precision, mixed_precision)
+        if mp not in (None, "no", "fp16", "bf16"):
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, not {mixed_precision!r}")
         from accelerate.state import AcceleratorState
 
@@ -319,6 +331,8 @@ class StepLoop:
         self.total, self.state_dir = int(total), Path(state_dir)
         self.save_every, self.log, self.tag = int(save_every or 0), log, tag
         self.log_every = int(log_every or max(1, self.total // 10))
+        self.time_limit = None if time_limit is None else float(time_limit)
+        self.log_skip = set(log_skip)
         self.split_batches = split_batches
         torch.manual_seed(seed + self.rank)
         random.seed(seed + self.rank)
@@ -326,7 +340,8 @@ class StepLoop:
 
         self.rng = np.random.default_rng(seed + self.rank)
         self.g = torch.Generator().manual_seed(seed + self.rank)
-        self.start, self.history, self.val_history = 0, [], []
+        self.start, self.last, self.history, self.val_history = 0, 0, [], []
+        self._plain_upto = 0
         self.meta: dict = {}
 
     @property
@@ -342,6 +357,19 @@ class StepLoop:
         if batch % self.world:
             raise ConfigError(f"batch size {batch} is not divisible by the {self.world} processes")
         return batch // self.world
+
+    def agree(self, value: float, op=max) -> float:
+        """``op`` (max or min) of ``value`` over all processes (``value`` itself in a single-process run)."""
+        if self.world == 1:
+            return value
+        vals = self.acc.gather(torch.tensor([float(value)], device=self.device))
+        return float(op(vals.tolist()))
+
+    def _flush(self) -> None:
+        for rec in self.history[self._plain_upto:]:
+            for k, v in rec.items():
+                rec[k] = _plain(v)
+        self._plain_upto = len(self.history)
 
     def resume(self, resume, state: dict, meta: dict | None = None, local: dict | None = None) -> int:
         """Load a training state into the objects of ``state`` (name -> object with ``load_state_dict``);
@@ -372,8 +400,10 @@ class StepLoop:
         for k, obj in (local or {}).items():
             obj.load_state_dict(own["local"][k])
         set_rng_state(own["rng"], self.rng, self.g)
-        self.start = int(st["iter"])
+        self.start = self.last = int(st["iter"])
+        self.total = int(st.get("total", self.total))
         self.history = json.loads(st["history"])
+        self._plain_upto = len(self.history)
         self.val_history = json.loads(st.get("validation", "[]"))
         self.log(f"{self.tag}: resumed from {path} at iteration {self.start}")
         return self.start
@@ -386,24 +416,37 @@ class StepLoop:
         if not self.is_main:  # the other processes keep their random streams and local objects
             save_atomic(own, self.state_dir / f"{it}.rng{self.rank}")
             return path
-        st = {"iter": it, "meta": json.dumps(self.meta), **own,
+        self._flush()
+        st = {"iter": it, "total": self.total, "meta": json.dumps(self.meta), **own,
               "objects": {k: v.state_dict() for k, v in state.items()}, "history": json.dumps(self.history),
               "validation": json.dumps(self.val_history)}
         save_atomic(st, path)
         return path
 
-    def run(self, step, state: dict, hooks=(), local: dict | None = None) -> list[dict]:
+    def run(self, step, state: dict, hooks=(), local: dict | None = None, on_save=None) -> list[dict]:
+        """Iterations ``start + 1 .. total``; ``on_save(it)`` runs on every process after each training state."""
         import time
 
         import numpy as np
 
+        def save(it):
+            self.acc.wait_for_everyone()
+            self.save(it, state, local)
+            if on_save is not None:
+                on_save(it)
+
         t0 = time.time()
-        for it in range(self.start + 1, self.total + 1):
+        it = self.start
+        while it < self.total:
+            it += 1
             rec = step(it)
-            self.history.append({k: float(v) for k, v in rec.items()})
+            self.history.append({k: v.detach() if torch.is_tensor(v) else v for k, v in rec.items()})
+            self.last = it
+            if it % self.log_every == 0:
+                self._flush()
             if it % self.log_every == 0 and self.is_main:
                 recent = self.history[-self.log_every:]
-                keys = sorted({k for r in recent for k in r})
+                keys = sorted({k for r in recent for k in r} - self.log_skip)
                 msg = " ".join(f"{k} {np.mean([r[k] for r in recent if k in r]):.6g}" for k in keys)
                 self.log(f"{self.tag} iter {it}/{self.total} {msg} ({time.time() - t0:.0f}s)")
             for every, fn in hooks:
@@ -411,8 +454,16 @@ class StepLoop:
                     out = fn(it)
                     if out:
                         self.val_history.append({"iter": it, **out})
-            if self.save_every and it % self.save_every == 0:
-                self.acc.wait_for_everyone()
-                self.save(it, state, local)
+            saved = self.save_every and it % self.save_every == 0
+            if saved:
+                save(it)
+            if self.time_limit is not None and it < self.total \
+                    and self.agree(float(time.time() - t0 > self.time_limit)):
+                if self.is_main:
+                    self.log(f"{self.tag}: time limit {self.time_limit:g}s reached at iteration {it}/{self.total}")
+                if self.save_every and not saved:
+                    save(it)
+                break
+        self._flush()
         self.acc.wait_for_everyone()
         return self.history

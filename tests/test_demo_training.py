@@ -1,5 +1,5 @@
-"""How the demo models are trained: prior configs (YAML), on-device crops, time budgets, DiffIR's mixed SR
-degradation and stage time limits."""
+"""How the demo models are trained: prior configs (YAML), on-device crops, time budgets, the prior's exact resume
+after a time limit, DiffIR's mixed SR degradation and stage time limits."""
 
 import json
 
@@ -103,3 +103,20 @@ def test_diffir_stage_time_limit_saves_early(tmp_path):
            "stage1": {"steps": 1000, "time_limit": 0.0, "output": str(tmp_path / "s1.safetensors")}}
     info = train_diffir(cfg, 1, data=str(d), log=lambda s: None)
     assert info["steps"] == 1 and (tmp_path / "s1.safetensors").exists()
+
+
+def test_prior_resume_after_time_limit_equals_uninterrupted_run(tmp_path):
+    """The prior trainer runs on the shared StepLoop: a run stopped by ``time_limit`` writes a training state
+    where it stopped, and resuming it gives the uninterrupted run's EMA weights bit for bit."""
+    from safetensors.torch import load_file
+
+    d = _images(tmp_path / "data")
+    kw = {"steps": 6, "batch_size": 2, "crop": 16, "config": TINY, "save_every": 3, "log": lambda s: None}
+    full = train_prior(d, tmp_path / "a.safetensors", **kw)
+    assert sorted(p.name for p in (tmp_path / "a_training_states").iterdir()) == ["3.state", "6.state"]
+    cut = train_prior(d, tmp_path / "b.safetensors", time_limit=0.0, **kw)
+    assert cut["steps"] == 1 and (tmp_path / "b_training_states" / "1.state").is_file()
+    res = train_prior(d, tmp_path / "b.safetensors", resume="auto", **kw)
+    assert res["resumed_from"] == 1 and res["steps"] == 6 and res["final_loss"] == full["final_loss"]
+    a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

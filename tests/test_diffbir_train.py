@@ -22,6 +22,7 @@ from restorekit.methods.diffbir import train as T
 
 from .conftest import randomised
 from .test_diffbir_pipeline import off_q_coefs
+from .test_diffir_train import launch_two_cpu_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = {name: yaml.safe_load((ROOT / "configs" / "diffbir" / f"{name}.yaml").read_text())
@@ -474,34 +475,40 @@ def test_official_stage1_config_builds_the_official_swinir(images):
 def test_stage1_under_accelerate_launch_with_two_cpu_processes(images, tmp_path):
     """``accelerate launch --multi_gpu --num_processes 2`` on CPUs: the batch of 2 is split over the processes,
     each keeps its own random streams in the training states (``2.rng1``), and the run finishes."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
     exp = tmp_path / "exp"
     (tmp_path / "cfg.json").write_text(json.dumps(_stage1_cfg(exp)))
-    script = tmp_path / "run.py"
-    script.write_text("import json, sys\n"
-                      f"sys.path.insert(0, {str(ROOT)!r})\n"
-                      "from restorekit.methods.diffbir.train import train_diffbir\n"
-                      f"info = train_diffbir(json.load(open({str(tmp_path / 'cfg.json')!r})), 1, "
-                      f"data={str(images)!r}, log=lambda s: None)\n"
-                      "print('HISTORY', json.dumps(info['history']))\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                        "--main_process_port", str(port), str(script)], capture_output=True, text=True,
-                       timeout=300, env=env, check=False)
-    assert r.returncode == 0, r.stderr[-2000:]
-    hist = [json.loads(line.split(" ", 1)[1]) for line in r.stdout.splitlines() if line.startswith("HISTORY")]
-    assert len(hist) == 2 and hist[0] == hist[1] and len(hist[0]) == 4  # the logged loss is gathered
+    _, hist = launch_two_cpu_processes(tmp_path, "from restorekit.methods.diffbir.train import train_diffbir\n"
+                                       f"info = train_diffbir(json.load(open({str(tmp_path / 'cfg.json')!r})), 1, "
+                                       f"data={str(images)!r}, log=lambda s: None)")
+    assert hist[0] == hist[1] and len(hist[0]) == 4  # the logged loss is gathered
     assert {p.name for p in (exp / "states").iterdir()} == {"2.state", "2.rng1", "4.state", "4.rng1"}
     net, _ = T.build_stage1(SWINIR)
     net.load_state_dict(torch.load(exp / "stage1.pt", weights_only=True), strict=True)
+
+
+@pytest.mark.slow
+def test_stage2_under_accelerate_launch_with_two_cpu_processes(sd_files, stage1_run, images, tmp_path):
+    """Stage 2 (v2 recipe) under ``accelerate launch --multi_gpu --num_processes 2`` on CPUs: the batch of 2 is
+    split over the processes, both log the gathered loss, each keeps its random streams in the training states
+    (``2.rng1``, a different stream from the main process's), and the ControlNet is written in the official
+    layout with ``diffbir_custom.json``."""
+    exp = tmp_path / "exp"
+    cfg = _stage2_cfg(exp, sd_files, stage1_run[1]["output"], "v2")
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    _, hist = launch_two_cpu_processes(tmp_path, "from restorekit.methods.diffbir.train import train_diffbir\n"
+                                       f"info = train_diffbir(json.load(open({str(tmp_path / 'cfg.json')!r})), 2, "
+                                       f"data={str(images)!r}, log=lambda s: None)")
+    assert hist[0] == hist[1] and len(hist[0]) == 4  # the logged loss is gathered
+    assert all(np.isfinite(h["loss"]) for h in hist[0])
+    assert {p.name for p in (exp / "states").iterdir()} == {"2.state", "2.rng1", "4.state", "4.rng1"}
+    r0 = torch.load(exp / "states" / "2.state", weights_only=True)["rng"]["torch_gen"]
+    r1 = torch.load(exp / "states" / "2.rng1", weights_only=True)["rng"]["torch_gen"]
+    assert not torch.equal(r0, r1)  # seed + rank: the processes draw different data
+    ck = torch.load(exp / "checkpoints" / "0000004.pt", weights_only=True)
+    assert _same_state(ck, torch.load(exp / "controlnet.pth", weights_only=True))
+    unet = T.build_stage2(cfg, cfg["train"]["sd_path"], log=lambda s: None)[0]
+    T.load_controlnet_file(exp / "controlnet.pth", unet)  # loads strictly as an official ControlNet file
+    assert (exp / "diffbir_custom.json").is_file()
 
 
 def test_cli_diffbir_training_needs_stage_and_config(capsys):

@@ -194,6 +194,16 @@ def test_resume_equals_uninterrupted_run(trained, stage):
         assert done["resumed_from"] == 6 and done["history"] == full["history"]
 
 
+def test_mixed_precision_option_runs_under_autocast(trained):
+    """``mixed_precision: bf16`` (restorekit option) reaches the shared StepLoop's accelerate autocast: the same
+    seed and data give losses close to, but not equal to, the float32 run's."""
+    tmp, data, cfg, i1, _ = trained
+    cfg = dict(cfg, mixed_precision="bf16", stage1={**cfg["stage1"], "output": str(tmp / "bf16.safetensors")})
+    h = train_diffir(cfg, 1, data=str(data), steps=2, state_dir=str(tmp / "bf16_states"), log=lambda s: None)["history"]
+    ref = [r["l_pix"] for r in i1["history"][:2]]
+    assert [r["l_pix"] for r in h] == pytest.approx(ref, rel=1e-2) and [r["l_pix"] for r in h] != ref
+
+
 def test_gan_stage_resume_finetune_and_validation(trained):
     tmp, data, cfg, _, _ = trained
     cfg = dict(cfg, degradation="realesrgan", queue_size=4,
@@ -342,3 +352,60 @@ def test_cli_train_resume(tmp_path):
                  "--data", str(data), "--steps", "6"]) == 0
     assert main(["train", "--method", "diffir", "--stage", "1", "--config", str(tmp_path / "c.yaml"),
                  "--data", str(data), "--steps", "6", "--resume", "auto"]) == 0
+
+
+def launch_two_cpu_processes(tmp_path, code: str):
+    """Runs ``code`` (Python that leaves a trainer's summary in ``info``) under ``accelerate launch --multi_gpu
+    --num_processes 2`` on CPUs (gloo); returns the finished process and each process's ``info["history"]``
+    (one file per process: prints of two processes may interleave on one pipe)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "run.py"
+    script.write_text(f"import json, os, sys\nsys.path.insert(0, {str(root)!r})\n{code}\n"
+                      f"open({str(tmp_path)!r} + '/history' + os.environ['RANK'] + '.json', 'w')"
+                      ".write(json.dumps(info['history']))\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(port), str(script)], capture_output=True, text=True,
+                       timeout=300, env=env, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r, [json.loads((tmp_path / f"history{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.slow
+def test_stage1_under_accelerate_launch_with_two_cpu_processes(tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2`` on CPUs through the shared StepLoop: each process
+    draws its own batch (different losses), keeps its random streams in its own state file (``2.rng1``), and
+    only the main process writes the output."""
+    import json
+
+    data = _images(tmp_path / "data")
+    cfg = _cfg(tmp_path, save_checkpoint_freq=2)
+    cfg["stage1"] = {**cfg["stage1"], "total_iter": 4}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    r, hist = launch_two_cpu_processes(tmp_path, "\n".join([
+        "import restorekit.methods.diffir.train as M",
+        "orig = M._save",
+        "def save(*a, **k):",
+        "    print('SAVED', flush=True)",
+        "    orig(*a, **k)",
+        "M._save = save",
+        f"info = M.train_diffir(json.load(open({str(tmp_path / 'cfg.json')!r})), 1, data={str(data)!r}, log=print)"]))
+    assert len(hist[0]) == len(hist[1]) == 4
+    assert all(a["l_pix"] != b["l_pix"] for a, b in zip(*hist))  # each process its own crops (seed + rank)
+    assert r.stdout.count("SAVED") == 1
+    states = tmp_path / "s1_training_states"
+    assert {p.name for p in states.iterdir()} == {"2.state", "2.rng1", "4.state", "4.rng1"}
+    a, _ = load_state_dict(tmp_path / "s1.safetensors")
+    from restorekit.nets.diffir import DiffIRS1
+
+    assert set(a) == set(DiffIRS1(TINY).state_dict())

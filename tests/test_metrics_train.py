@@ -71,6 +71,15 @@ def test_cli_train_prior(tmp_path, capsys):
                  "--crop", "32", "--config", str(cfg)]) == 0
     assert out.exists() and json.loads(capsys.readouterr().out)["steps"] == 3
     assert main(["train", "prior", "--data", str(tmp_path / "none"), "--output", str(out)]) == 2
+    # --time-limit 0 stops after one step and saves a state in --state-dir; --resume auto finishes the run
+    base = ["train", "prior", "--data", str(d), "--output", str(tmp_path / "r.safetensors"), "--steps", "3",
+            "--batch-size", "2", "--crop", "32", "--config", str(cfg), "--save-every", "2",
+            "--state-dir", str(tmp_path / "st")]
+    assert main(base + ["--time-limit", "0"]) == 0 and json.loads(capsys.readouterr().out)["steps"] == 1
+    assert (tmp_path / "st" / "1.state").is_file()
+    assert main(base + ["--resume", "auto"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["resumed_from"] == 1 and info["steps"] == 3
 
 
 def test_fid_skipped_with_reason_when_weights_unavailable(monkeypatch, tmp_path):

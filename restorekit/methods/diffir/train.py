@@ -22,10 +22,15 @@ Iterations count from 1 as BasicSR's ``current_iter``; a scheduler's step is ``c
 BasicSR's (parameters only, constant ``ema_decay``). Pairs come from clean images (Real-ESRGAN second-order
 degradation with an optional training-pair pool, bicubic, motion blur, inpainting masks) or from paired folders
 (``data: {lq: DIR, gt: DIR}``, e.g. GoPro), with optional progressive patches (``gt_sizes``,
-``mini_batch_sizes``, ``iters``). Training states are saved every ``save_checkpoint_freq`` iterations and
-``resume`` continues from one exactly (weights, optimizers, EMA, pool, iteration and random states).
-Validation (``val: {val_freq, data, metrics}``) scores the EMA network with pyiqa metrics. accelerate runs it on
-one CPU, one GPU or several.
+``mini_batch_sizes``, ``iters``).
+
+The loop is :class:`restorekit.training.StepLoop`, shared with the DiffBIR and DiffPIR-prior trainers: accelerate
+(one CPU, one GPU or ``accelerate launch`` processes, each drawing its own ``batch_size`` from its own random
+streams, seed + rank), ``mixed_precision`` (restorekit option: no | fp16 | bf16; unset: as ``accelerate
+launch`` says), training states every
+``save_checkpoint_freq`` iterations (each process's random streams and training-pair pool in its own file) from
+which ``resume`` continues exactly (weights, optimizers, EMA, pool, iteration and random states), ``time_limit``
+and validation hooks (``val: {val_freq, data, metrics}`` scores the EMA network with pyiqa metrics).
 
 Configuration (YAML), e.g. ``configs/diffir/realsr_x4.yaml``::
 
@@ -59,9 +64,6 @@ from ...errors import ConfigError
 from ...nets.diffir import PRESETS, DiffIRConfig, DiffIRS1, DiffIRS2
 from ...operators import Blur, motion_kernel
 from ...operators.realesrgan import second_order_degrade
-from ...training import find_resume as _find_resume
-from ...training import rng_state as _rng_state
-from ...training import set_rng_state as _set_rng_state
 
 
 def load_config(path: str | Path | dict) -> dict:
@@ -207,6 +209,8 @@ def stage_options(cfg: dict, stage) -> dict:
     o["optim_g"] = optim_g
     o["scheduler"] = scfg.get("scheduler")
     o["time_limit"] = None if scfg.get("time_limit") is None else float(scfg["time_limit"])  # restorekit
+    # restorekit: no | fp16 | bf16; unset: as accelerate launch says (--mixed_precision), else no
+    o["mixed_precision"] = _opt(scfg, cfg, "mixed_precision", None)
     o["warmup_iter"] = int(scfg.get("warmup_iter", -1))
     o["pixel_opt"] = {"loss_weight": 1.0, **dict(scfg.get("pixel_opt") or {})}
     o["perceptual_opt"] = scfg.get("perceptual_opt")
@@ -291,6 +295,15 @@ def _opt_pairs(o: dict) -> dict:
             "weight_decay": float(o.get("weight_decay", 0))}
 
 
+def _add_perceptual(cri_perc, out, gt, names, loss, rec: dict):
+    """``loss`` plus BasicSR's perceptual and style terms (those it computes), recorded in ``rec`` as ``names``."""
+    for k, v in zip(names, cri_perc(out, gt)):
+        if v is not None:
+            loss = loss + v
+            rec[k] = v
+    return loss
+
+
 def _set_lr(opt, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
@@ -362,17 +375,17 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
     ``resume``: a ``<iter>.state`` file, a folder of them, or ``"auto"`` (the latest in ``state_dir``).
     ``time_limit`` (seconds): stop after the iteration that passes it and save what was trained
     (the summary's ``steps`` says how many iterations ran)."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
     from ...nets.gan import GANLoss, PerceptualLoss, UNetDiscriminatorSN, USMSharp
     from ...training import (
         ParamEMA,
+        StepLoop,
         TrainingPairPool,
         load_images,
         load_pairs,
         paired_random_crops,
         progressive_size,
         random_crops,
+        save_atomic,
         scheduled_lr,
     )
     from ...weights import load_state_dict, load_strict
@@ -405,13 +418,15 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
     for size in sizes_to_check:
         if size % (net_cfg.size_multiple * sf) and task != "sr":
             raise ConfigError(f"gt_size {size} must be a multiple of {net_cfg.size_multiple}")
-    seed = int(cfg.get("seed", 0))
-    # stage 2's encoder phase leaves the DIRformer unused
-    acc = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    rank = acc.process_index  # each process draws its own data (seed + rank); rank 0 = a single-process run
-    torch.manual_seed(seed + rank)
-    rng = np.random.default_rng(seed + rank)
-    g = torch.Generator().manual_seed(seed + rank)
+    if save_checkpoint_freq is not None:
+        o["save_checkpoint_freq"] = int(save_checkpoint_freq)
+    sdir = Path(state_dir or o["state_dir"] or Path(output).with_name(Path(output).stem + "_training_states"))
+    # each process draws its own data (seeds seed + rank; rank 0 = a single-process run) and its own batch
+    # (BasicSR's batch_size_per_gpu); stage 2's encoder phase leaves the DIRformer unused
+    loop = StepLoop(total, sdir, seed=int(cfg.get("seed", 0)), save_every=o["save_checkpoint_freq"],
+                    mixed_precision=o["mixed_precision"], log=log, tag=f"diffir stage {st}",
+                    find_unused_parameters=True, time_limit=time_limit, log_skip=("gt_size", "batch"))
+    acc, rng, g = loop.acc, loop.rng, loop.g
     paired = isinstance(data, dict)
     if paired:
         pairs = load_pairs(data.get("lq") or data.get("dataroot_lq"), data.get("gt") or data.get("dataroot_gt"))
@@ -420,10 +435,8 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
     val = dict(o["val"])
     if val_freq is not None:
         val["val_freq"] = val_freq
-    val_pairs = _val_pairs(val, task, cfg, net_cfg) if int(float(val.get("val_freq", 0) or 0)) > 0 else []
-    if save_checkpoint_freq is not None:
-        o["save_checkpoint_freq"] = int(save_checkpoint_freq)
-    sdir = Path(state_dir or o["state_dir"] or Path(output).with_name(Path(output).stem + "_training_states"))
+    vf = int(float(val.get("val_freq", 0) or 0))
+    val_pairs = _val_pairs(val, task, cfg, net_cfg) if vf > 0 else []
 
     teacher = net_d = opt_e = opt_d = cri_gan = None
     if st == "1":
@@ -494,51 +507,17 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
     bare = acc.unwrap_model(net)
     bare_d = acc.unwrap_model(net_d) if net_d is not None else None
 
-    start, hist, val_hist = 0, [], []
-    state_file = _find_resume(resume, sdir)
-    if state_file is not None:
-        stt = torch.load(state_file, map_location="cpu", weights_only=True)
-        if stt.get("stage") != st or stt.get("total_iter") != total:
-            raise ConfigError(f"{state_file} is a state of stage {stt.get('stage')} with {stt.get('total_iter')} "
-                              f"iterations, not stage {st} with {total}")
-        bare.load_state_dict(stt["net"], strict=True)
-        ema.load_state_dict(stt["ema"])
-        opt_g.load_state_dict(stt["opt_g"])
-        if opt_e is not None:
-            opt_e.load_state_dict(stt["opt_e"])
-        if net_d is not None:
-            bare_d.load_state_dict(stt["net_d"], strict=True)
-            opt_d.load_state_dict(stt["opt_d"])
-        if pool is not None and stt.get("pool") is not None:
-            pool.load_state_dict(stt["pool"])
-        rank_file = state_file.with_name(f"{state_file.stem}.rng{rank}")
-        _set_rng_state(stt["rng"] if rank == 0 or not rank_file.is_file()
-                       else torch.load(rank_file, weights_only=True), rng, g)
-        start = int(stt["iter"])
-        hist = json.loads(stt["history"])
-        val_hist = json.loads(stt.get("validation", "[]"))
-        log(f"resumed stage {st} from {state_file} at iteration {start}")
+    state = {"net": bare, "ema": ema, "opt_g": opt_g}
+    if opt_e is not None:
+        state["opt_e"] = opt_e
+    if net_d is not None:
+        state.update(net_d=bare_d, opt_d=opt_d)
+    local = {"pool": pool} if pool is not None else {}  # each process fills its own pool
+    loop.resume(resume, state, {"stage": st, "total": total, "task": task, "processes": loop.world}, local)
 
-    def save_state(it: int) -> None:
-        if not acc.is_main_process:  # other processes keep only their random states
-            sdir.mkdir(parents=True, exist_ok=True)
-            torch.save(_rng_state(rng, g), sdir / f"{it}.rng{rank}")
-            return
-        sdir.mkdir(parents=True, exist_ok=True)
-        stt = {"stage": st, "iter": it, "total_iter": total, "net": bare.state_dict(), "ema": ema.state_dict(),
-               "opt_g": opt_g.state_dict(), "rng": _rng_state(rng, g), "history": json.dumps(hist),
-               "validation": json.dumps(val_hist)}
-        if opt_e is not None:
-            stt["opt_e"] = opt_e.state_dict()
-        if net_d is not None:
-            stt["net_d"], stt["opt_d"] = bare_d.state_dict(), opt_d.state_dict()
-        if pool is not None:
-            stt["pool"] = pool.state_dict()
-        tmp = sdir / f"{it}.state.part"
-        torch.save(stt, tmp)
-        tmp.replace(sdir / f"{it}.state")
-        if net_d is not None:
-            torch.save({"params": {k: v.cpu() for k, v in bare_d.state_dict().items()}}, sdir / f"net_d_{it}.pth")
+    def save_net_d(it: int) -> None:  # as BasicSR, the discriminator beside each training state
+        if net_d is not None and loop.is_main:
+            save_atomic({"params": {k: v.cpu() for k, v in bare_d.state_dict().items()}}, sdir / f"net_d_{it}.pth")
 
     def sched_lr(base: float, it: int) -> float:
         """BasicSR's update_learning_rate: the scheduler at step it - 1, linear warm-up below warmup_iter."""
@@ -546,8 +525,7 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
             return base / o["warmup_iter"] * it
         return scheduled_lr(base, it - 1, o["scheduler"])
 
-    t0 = time.time()
-    for it in range(start + 1, total + 1):
+    def step(it: int) -> dict:
         size, bsz = progressive_size(it, *[list(v) for v in (prog[2], prog[0], prog[1])]) if progressive \
             else (gt_size, batch)
         if paired:
@@ -618,11 +596,7 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
             loss = o["pixel_opt"]["loss_weight"] * F.l1_loss(out, gt)
             rec["l_pix"] = loss
             if cri_perc is not None:
-                lp, ls = cri_perc(out, gt)
-                for k, v in (("l_percep", lp), ("l_style", ls)):
-                    if v is not None:
-                        loss = loss + v
-                        rec[k] = v
+                loss = _add_perceptual(cri_perc, out, gt, ("l_percep", "l_style"), loss, rec)
             opt_g.zero_grad(set_to_none=True)
             acc.backward(loss)
             opt_g.step()
@@ -668,11 +642,7 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
                 loss = l_pix + l_ipr
                 rec.update(l_g_pix=l_pix, l_ipr=l_ipr)
                 if cri_perc is not None:
-                    lp, ls = cri_perc(out, percep_gt)
-                    for k, v in (("l_g_percep", lp), ("l_g_style", ls)):
-                        if v is not None:
-                            loss = loss + v
-                            rec[k] = v
+                    loss = _add_perceptual(cri_perc, out, percep_gt, ("l_g_percep", "l_g_style"), loss, rec)
                 l_gan = cri_gan(net_d(out), True, is_disc=False)
                 loss = loss + l_gan
                 rec["l_g_gan"] = l_gan
@@ -692,31 +662,25 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
             rec.update(l_d_real=l_real, l_d_fake=l_fake, out_d_real=real.detach().mean(),
                        out_d_fake=fake.detach().mean())
         ema.update(bare)
-        entry = {k: float(v.item()) for k, v in rec.items()}
+        entry = dict(rec)
         entry.update(lr=float(opt_g.param_groups[0]["lr"] if st != "2" or it >= encoder_iter or opt_e is None
                               else opt_e.param_groups[0]["lr"]), gt_size=int(gt.shape[-1]), batch=int(gt.shape[0]))
         if opt_d is not None:
             entry["lr_d"] = float(opt_d.param_groups[0]["lr"])
-        hist.append(entry)
-        if it % max(1, total // 10) == 0 and acc.is_main_process:
-            keys = sorted({k for r in hist[-50:] for k in r} - {"gt_size", "batch"})
-            msg = " ".join(f"{k} {np.mean([r[k] for r in hist[-50:] if k in r]):.4f}" for k in keys)
-            log(f"stage {st} iter {it}/{total} {msg} ({time.time() - t0:.0f}s)")
-        vf = int(float(val.get("val_freq", 0) or 0))
-        if vf and val_pairs and it % vf == 0 and acc.is_main_process:
-            scores = _validate(ema.module, st, task, net_cfg, val_pairs, val.get("metrics", ["psnr", "ssim"]),
-                               acc.device)
-            val_hist.append({"iter": it, **scores})
-            log(f"validation iter {it}: " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        if o["save_checkpoint_freq"] and it % o["save_checkpoint_freq"] == 0:
-            save_state(it)
-        if time_limit is not None and time.time() - t0 > time_limit:
-            log(f"stage {st}: time limit {time_limit:.0f}s reached at iter {it}/{total}; saving")
-            total = it
-            break
-    info = {"stage": st, "steps": total, "encoder_iter": encoder_iter, "seconds": time.time() - t0,
-            "task": task, "history": hist, "validation": val_hist, "resumed_from": start}
-    if acc.is_main_process:
+        return entry
+
+    def validate(it: int):
+        if not val_pairs or not loop.is_main:
+            return None
+        scores = _validate(ema.module, st, task, net_cfg, val_pairs, val.get("metrics", ["psnr", "ssim"]), acc.device)
+        log(f"validation iter {it}: " + " ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        return scores
+
+    t0 = time.time()
+    loop.run(step, state, hooks=[(vf, validate)], local=local, on_save=save_net_d)
+    info = {"stage": st, "steps": loop.last, "encoder_iter": encoder_iter, "seconds": time.time() - t0,
+            "task": task, "history": loop.history, "validation": loop.val_history, "resumed_from": loop.start}
+    if loop.is_main:
         _save(ema.state, output, net_cfg, st, {k: v for k, v in info.items() if k not in ("history", "validation")},
               cfg.get("name", f"diffir-{task}"))
         if net_d is not None:

@@ -3,8 +3,10 @@
 This is how the bundled demo prior was made (``restorekit train prior``).
 It is the standard DDPM objective ``E ||eps - eps_theta(sqrt(abar_t) x0 +
 sqrt(1-abar_t) eps, t)||^2`` with t uniform in [0, T), random crops with
-flips/rotations, Adam and an EMA of the weights; accelerate places it on one
-CPU or GPU or spreads it over several.
+flips/rotations, Adam and an EMA of the weights. The loop is
+:class:`restorekit.training.StepLoop`, shared with the DiffIR and DiffBIR trainers: accelerate (one CPU, one GPU
+or ``accelerate launch`` processes, each drawing its own ``batch_size`` from its own random streams, seed + rank),
+mixed precision, training states every ``save_every`` steps and an exact ``resume`` from them, ``time_limit``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import torch.nn.functional as F
 
 from ...diffusion import LinearSchedule
 from ...errors import ConfigError
-from ...training import load_images, random_crops
 from ...nets.guided_unet import GuidedUNet, GuidedUNetConfig
+from ...training import load_images, random_crops
 
 #: small configuration of the bundled demo prior
 DEMO_UNET = GuidedUNetConfig(image_size=64, model_channels=32, out_channels=3, num_res_blocks=1,
@@ -75,10 +77,20 @@ class DeviceEMA:
         keys = [k for k, v in self.state.items() if v.is_floating_point()]
         torch._foreach_lerp_([self.state[k] for k in keys], [cur[k].detach().float() for k in keys], 1 - d)
 
+    def state_dict(self) -> dict:
+        return {"n": self.n, "state": self.state}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if set(sd["state"]) != set(self.state):
+            raise ConfigError(f"EMA state keys differ: {sorted(set(sd['state']) ^ set(self.state))[:5]}")
+        self.n = int(sd["n"])
+        for k, v in self.state.items():
+            v.copy_(sd["state"][k])
+
 
 #: training options a prior config (YAML ``train:`` section) may set, with their defaults
 TRAIN_DEFAULTS = dict(steps=2000, batch_size=16, crop=64, lr=2e-4, ema_decay=0.999, seed=0, warmup=200,
-                      mixed_precision="no", time_budget=None, save_dtype="fp32", log_every=100)
+                      mixed_precision="no", time_budget=None, save_dtype="fp32", log_every=100, save_every=0)
 
 
 def load_prior_config(path: str | Path) -> tuple[GuidedUNetConfig, dict]:
@@ -112,50 +124,61 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
                 lr: float = 2e-4, ema_decay: float = 0.999, seed: int = 0, config: GuidedUNetConfig | None = None,
                 log_every: int = 100, time_limit: float | None = None, init: str | Path | None = None,
                 log=print, mixed_precision: str = "no", time_budget: float | None = None, warmup: int = 200,
-                save_dtype: str = "fp32") -> dict:
+                save_dtype: str = "fp32", save_every: int = 0, resume=None,
+                state_dir: str | Path | None = None) -> dict:
     """Train and save EMA weights as safetensors with the UNet config in its metadata.
 
     ``time_budget`` (seconds): after 50 steps the run measures its speed and shortens ``steps`` so that it ends
     within the budget (the cosine learning-rate schedule follows the shortened length). ``time_limit`` stops
     the loop outright. ``mixed_precision``: "no" | "bf16" | "fp16" (accelerate's autocast; CUDA only).
-    ``save_dtype``: "fp32" | "fp16" for the saved EMA weights."""
-    from accelerate import Accelerator
+    ``save_dtype``: "fp32" | "fp16" for the saved EMA weights. ``save_every``: a training state every N steps in
+    ``state_dir`` (default ``<output stem>_training_states``); ``resume``: an ``<iter>.state`` file, a folder of
+    them or ``"auto"``. ``batch_size`` is per process."""
     from safetensors.torch import save_file
+
+    from ...training import RandomStream, StepLoop
 
     cfg = config or DEMO_UNET
     if crop % cfg.size_multiple:
         raise ConfigError(f"crop size must be a multiple of {cfg.size_multiple}")
     if save_dtype not in ("fp32", "fp16"):
         raise ConfigError("save_dtype must be fp32 or fp16")
-    torch.manual_seed(seed)
+    out = Path(output)
     imgs = load_images(data, crop)
-    acc = Accelerator(mixed_precision=mixed_precision if torch.cuda.is_available() else "no")
+    loop = StepLoop(int(steps), state_dir or out.with_name(out.stem + "_training_states"), seed=seed,
+                    save_every=save_every, mixed_precision=mixed_precision if torch.cuda.is_available() else "no",
+                    log=log, log_every=log_every, tag="prior", time_limit=time_limit)
+    acc = loop.acc
+    torch.manual_seed(seed)  # the same initial network on every process
     net = GuidedUNet(cfg)
     if init:
         from ...weights import load_state_dict, load_strict
         sd, _ = load_state_dict(init)
         load_strict(net, {k: v.float() for k, v in sd.items()}, str(init))
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    plan = {"steps": int(steps)}
-    warm = max(1, min(int(warmup), plan["steps"] // 10))
+    warm = max(1, min(int(warmup), int(steps) // 10))
+    # cosine over loop.total, which a time budget may shorten
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warm) * (0.5 + 0.5 * math.cos(math.pi * min(i, plan["steps"])
-                                                                            / plan["steps"])))
+        opt, lambda i: min(1.0, (i + 1) / warm) * (0.5 + 0.5 * math.cos(math.pi * min(i, loop.total) / loop.total)))
     net, opt = acc.prepare(net, opt)
-    ema = DeviceEMA(acc.unwrap_model(net), ema_decay)
+    bare = acc.unwrap_model(net)
+    ema = DeviceEMA(bare, ema_decay)
     on_device = acc.device.type != "cpu"
     if on_device:
         imgs = [im.to(acc.device) for im in imgs]
     sch = LinearSchedule()
     sac = sch.sqrt_alphas_cumprod.to(acc.device)
     s1m = sch.sqrt_1m_alphas_cumprod.to(acc.device)
-    g = torch.Generator().manual_seed(seed + acc.process_index)
-    gd = torch.Generator(device=acc.device).manual_seed(seed + 1000 + acc.process_index) if on_device else g
+    g = loop.g  # crops: seed + rank
+    gd = torch.Generator(device=acc.device).manual_seed(seed + 1000 + loop.rank) if on_device else g
+    state = {"net": bare, "opt": opt, "sched": sched, "ema": ema}
+    meta = {"steps": int(steps), "batch_size": int(batch_size), "crop": int(crop), "lr": float(lr), "seed": int(seed),
+            "processes": loop.world}
+    local = {"noise": RandomStream(gd)} if on_device else None  # the device's own noise stream
+    loop.resume(resume, state, meta, local)
     t0 = time.time()
-    losses = []
-    step = 0
-    while step < plan["steps"]:
-        step += 1
+
+    def step(it: int) -> dict:
         x0 = (device_crops(imgs, batch_size, crop, g) if on_device
               else random_batch(imgs, batch_size, crop, g).to(acc.device))
         t = torch.randint(0, sch.num_train_timesteps, (x0.shape[0],), generator=gd, device=gd.device).to(acc.device)
@@ -168,31 +191,28 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
         acc.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         sched.step()
-        ema.update(acc.unwrap_model(net))
-        losses.append(loss.detach())
-        if step == 50 and time_budget is not None:
-            rate = step / max(time.time() - t0, 1e-6)
-            plan["steps"] = max(step + 1, min(plan["steps"], int(rate * float(time_budget))))
-            log(f"time budget {time_budget:.0f}s at {rate:.1f} steps/s: {plan['steps']} steps")
-        if step % log_every == 0 and acc.is_main_process:
-            log(f"step {step}/{plan['steps']} loss {torch.stack(losses[-log_every:]).mean().item():.4f} "
-                f"({time.time() - t0:.0f}s)")
-        if time_limit is not None and time.time() - t0 > time_limit:
-            log(f"time limit reached at step {step}")
-            break
-    tail = torch.stack(losses[-min(len(losses), 200):]).float().mean().item() if losses else float("nan")
-    info = {"steps": step, "final_loss": tail, "seconds": time.time() - t0, "images": len(imgs), "crop": crop,
-            "batch_size": batch_size, "lr": lr, "seed": seed, "mixed_precision": acc.mixed_precision,
-            "device": str(acc.device)}
-    if acc.is_main_process:
-        out = Path(output)
+        ema.update(bare)
+        if it == 50 and time_budget is not None and loop.start < 50:
+            rate = (it - loop.start) / max(time.time() - t0, 1e-6)
+            loop.total = int(loop.agree(max(it + 1, min(loop.total, int(rate * float(time_budget)))), op=min))
+            if loop.is_main:
+                log(f"time budget {time_budget:.0f}s at {rate:.1f} steps/s: {loop.total} steps")
+        return {"loss": loss}
+
+    loop.run(step, state, local=local)
+    tail = [r["loss"] for r in loop.history[-200:]]
+    info = {"steps": loop.last, "final_loss": torch.tensor(tail).mean().item() if tail else float("nan"),
+            "seconds": time.time() - t0, "images": len(imgs), "crop": crop, "batch_size": batch_size, "lr": lr,
+            "seed": seed, "mixed_precision": acc.mixed_precision, "device": str(acc.device),
+            "resumed_from": loop.start}
+    if loop.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"restorekit_method": "diffpir", "unet_config": json.dumps(cfg.to_dict()),
                 "training": json.dumps(info)}
         dt = torch.float16 if save_dtype == "fp16" else torch.float32
-        state = {k: (v.to(dt) if v.is_floating_point() else v).cpu().contiguous() for k, v in ema.state.items()}
+        sd = {k: (v.to(dt) if v.is_floating_point() else v).cpu().contiguous() for k, v in ema.state.items()}
         tmp = out.with_name(out.name + ".part")
-        save_file(state, str(tmp), metadata=meta)
+        save_file(sd, str(tmp), metadata=meta)
         tmp.replace(out)
     return info
 
