@@ -373,8 +373,9 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     return sd, meta
 
 
-def load_strict(module: torch.nn.Module, state_dict: dict, source: str) -> None:
-    """``load_state_dict(strict=True)`` with a readable error (counts and examples)."""
+def load_strict(module: torch.nn.Module, state_dict: dict, source: str, assign: bool = False) -> None:
+    """``load_state_dict(strict=True)`` with a readable error (counts and examples); ``assign``: the file's tensors
+    become the parameters (a module built on the meta device)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -389,4 +390,4 @@ def load_strict(module: torch.nn.Module, state_dict: dict, source: str) -> None:
         if shape:
             msg.append(f"  {len(shape)} shape mismatches, e.g. {shape[:2]}")
         raise WeightsError("\n".join(msg))
-    module.load_state_dict(state_dict, strict=True)
+    module.load_state_dict(state_dict, strict=True, assign=assign)

@@ -65,8 +65,7 @@ def make_encode_prompt(text_encoder, tokenizer, device):
 def _load_assign(module: torch.nn.Module, sd: dict, source: str, dtype: torch.dtype) -> torch.nn.Module:
     """Strict load (restorekit.weights.load_strict's checks) into a module built on the meta device; the file's
     tensors become the parameters, then the module is cast to ``dtype``."""
-    load_strict(module, sd, source)
-    module.load_state_dict(sd, strict=True, assign=True)
+    load_strict(module, sd, source, assign=True)
     return _cast(module, dtype)
 
 
