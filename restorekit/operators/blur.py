@@ -172,6 +172,13 @@ def _block_mean(x: torch.Tensor, sf: int) -> torch.Tensor:
     return x.reshape(*lead, sf, h // sf, sf, w // sf).mean(dim=(-4, -2))
 
 
+def _aliases(x: torch.Tensor, sf: int) -> torch.Tensor:
+    """The sf x sf tiles of the last two dims along a new last dim, column tile major (the summation order of
+    DiffPIR's ``utils_sisr.splits``, which float32 cancellation makes visible)."""
+    rows = torch.stack(x.chunk(sf, dim=-2), dim=-1)  # (..., h/sf, w, sf)
+    return torch.cat(rows.chunk(sf, dim=-2), dim=-1)  # (..., h/sf, w/sf, sf*sf)
+
+
 # ----------------------------------------------------------------------------
 # operators
 # ----------------------------------------------------------------------------
@@ -246,6 +253,21 @@ class BlurDownsample(LinearOperator):
             correction = fbc * (fbr / (inv_w + rho)).repeat(*([1] * (fbr.ndim - 2)), sf, sf)
             fx = (fr - correction) / rho
         return torch.fft.ifft2(fx).real
+
+    def woodbury_solution(self, z: torch.Tensor, y: torch.Tensor, rho) -> torch.Tensor:
+        """The same solution as :meth:`data_solution`, in ``z``'s dtype with upstream's arithmetic: DiffPIR's
+        ``utils_sisr.data_solution`` form ``(FR - FBC * invWBR) / rho`` for every ``sf`` (1 included), with
+        ``FR = FBC F(S^T y) + F(rho z)``. In float32 it reproduces upstream's rounding, cancellation included."""
+        self._check(z)
+        sf = self.sf
+        rho = as_rho(rho, z)
+        fb = self._otf(z.shape[-2], z.shape[-1], z.device, z.dtype)
+        fbc = torch.conj(fb)
+        fr = fbc * torch.fft.fft2(self.upsample_zeros(y)) + torch.fft.fft2(rho * z)
+        fbr = _aliases(fb * fr, sf).mean(-1)
+        inv_w = _aliases(torch.abs(fb) ** 2, sf).mean(-1)
+        correction = fbc * (fbr / (inv_w + rho)).repeat(*([1] * (fbr.ndim - 2)), sf, sf)
+        return torch.fft.ifft2((fr - correction) / rho).real
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         return h // self.sf, w // self.sf

@@ -69,6 +69,7 @@ class DiffPIRConfig:
     classical_degradation: bool = False  # main_ddpir_sisr.py: start from shift_pixel(bicubic(y))
     start_from_t_y: bool = False  # main_ddpir_deblur.py / main_ddpir_inpainting.py starting point
     paste_observed: bool = False  # inpainting: copy the observed pixels into the output
+    data_precision: str = "float64"  # FFT data step: "float64" (stable) | "float32" (upstream's float32 arithmetic)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +83,8 @@ class DiffPIRConfig:
                              f"use one of {', '.join(MODEL_OUTPUT_TYPES)}")
         if self.sr_mode not in SR_MODES:
             raise ValueError(f"unknown sr_mode {self.sr_mode!r}; use 'blur' or 'cubic'")
+        if self.data_precision not in ("float64", "float32"):
+            raise ValueError(f"unknown data_precision {self.data_precision!r}; use 'float64' or 'float32'")
         if self.skip_type not in ("quad", "uniform"):
             raise ValueError(f"unknown skip_type {self.skip_type!r}; use 'quad' or 'uniform'")
         if int(self.iter_num_U) < 1 or int(self.inIter) < 0:
@@ -285,6 +288,10 @@ class _Problem:
                 z = z + cfg.gamma * self.up(self.y - self.resize(z)) / (1 + rho)
                 x0 = z * 2 - 1
             return x0
+        if cfg.data_precision == "float32" and hasattr(self.op, "woodbury_solution"):
+            # upstream's own float32 arithmetic (its rounding at tiny rho included), for bit-level comparisons
+            sol = self.op.woodbury_solution((x0 / 2 + 0.5).float(), self.y.float(), rho.float()).to(x0.dtype) * 2 - 1
+            return x0 + cfg.guidance_scale * (sol - x0)
         # the data step runs in float64: in float32 the FFT solution cancels catastrophically when rho is tiny
         z = (x0 / 2 + 0.5).double()
         sol = self.op.data_solution(z, self.y.double(), rho.double()).to(x0.dtype) * 2 - 1
