@@ -401,7 +401,9 @@ def diffpir_diagnose(r, y, k, ref, spec) -> dict:
         sampler._Problem.analytic = orig
     opts = dict(spec["opts"], seed=spec["opts"]["seed"] + 1)
     b = r.restore_tensor(y, "deblur", Blur(k), **opts)
+    c = r.restore_tensor(y, "deblur", Blur(k), data_precision="float32", **spec["opts"])  # the public option
     return {"diag_fp32_official_data_step_max_abs": float((a - ref.clamp(0, 1)).abs().max()),
+            "diag_data_precision_float32_max_abs": float((c - ref.clamp(0, 1)).abs().max()),
             "diag_next_seed_max_abs": float((b - ref.clamp(0, 1)).abs().max()),
             "diag_next_seed_mean_abs": float((b - ref.clamp(0, 1)).abs().mean())}
 
