@@ -130,7 +130,8 @@ def _add_train(sub):
     p.add_argument("--lr", type=float, default=None, help="prior only (default: the config's, else 2e-4)")
     p.add_argument("--seed", type=int, default=None, help="prior only (default: the config's, else 0)")
     p.add_argument("--time-limit", type=float, default=None,
-                   help="stop after this many seconds and save what was trained (prior; DiffIR: per stage)")
+                   help="stop after this many seconds and save what was trained (prior; DiffIR, DiffBIR: "
+                        "per stage)")
     p.add_argument("--init", default=None, help="prior only: start from these weights")
     p.set_defaults(func=cmd_train)
 
@@ -663,7 +664,8 @@ def cmd_train(args) -> int:
         info = train_diffbir(args.config, args.stage, data=args.data, output=args.output, steps=args.steps,
                              resume=args.resume, state_dir=args.state_dir, val_freq=args.val_freq,
                              save_every=args.save_every, sd_path=args.sd_path, s1_weights=args.s1_weights,
-                             val_data=args.val_data, log=lambda s: print(s, file=sys.stderr))
+                             val_data=args.val_data, time_limit=args.time_limit,
+                             log=lambda s: print(s, file=sys.stderr))
         for k in ("history", "init"):
             info.pop(k, None)
         print(json.dumps(info))

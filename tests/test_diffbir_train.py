@@ -417,6 +417,15 @@ def test_stage1_run_checkpoints_and_exact_resume(stage1_run, images, tmp_path):
     assert _same_state(torch.load(exp2 / "stage1.pt", weights_only=True), final)
 
 
+def test_stage1_time_limit_stops_and_saves(images, tmp_path):
+    """``time_limit`` (restorekit option, seconds): the run stops after the step that passes it, writes a state
+    there and saves the network it trained."""
+    exp = tmp_path / "cut"
+    info = T.train_diffbir(_stage1_cfg(exp), 1, data=str(images), time_limit=0, log=lambda s: None)
+    assert info["steps"] == 1 and len(info["history"]) == 1
+    assert (exp / "stage1.pt").is_file() and (exp / "states" / "1.state").is_file()
+
+
 @pytest.fixture(scope="module")
 def stage2_run(sd_files, stage1_run, images, tmp_path_factory):
     exp = tmp_path_factory.mktemp("s2")

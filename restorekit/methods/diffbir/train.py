@@ -445,12 +445,15 @@ def _train_opts(cfg: dict, steps, output):
 
 
 def _step_loop(tr: dict, total: int, exp: Path, state_dir, save_every: int, log, tag: str):
-    """The shared training loop with the ``train:`` options both stages read (seed, precision, logs)."""
+    """The shared training loop with the ``train:`` options both stages read (seed, precision, logs, and the
+    restorekit option ``time_limit`` in seconds)."""
     from ...training import StepLoop
 
+    limit = tr.get("time_limit")
     return StepLoop(total, state_dir or exp / "states", seed=int(tr.get("seed", 231)), save_every=save_every,
                     mixed_precision=tr.get("mixed_precision", "no"), log=log,
-                    log_every=int(tr.get("log_every", 0) or 0), tag=tag)
+                    log_every=int(tr.get("log_every", 0) or 0), tag=tag,
+                    time_limit=None if limit is None else float(limit))
 
 
 def train_stage1(cfg: dict, data=None, output=None, steps=None, resume=None, state_dir=None, val_freq=None,
@@ -538,7 +541,7 @@ def train_stage1(cfg: dict, data=None, output=None, steps=None, resume=None, sta
         save_atomic({k: v.detach().cpu() for k, v in bare.state_dict().items()}, out)
         (exp / "stage1.json").write_text(json.dumps({"target": model_cfg.get("target"), "kind": kind,
                                                      "params": model_cfg.get("params") or {}}, indent=1))
-    return {"stage": "1", "steps": total, "kind": kind, "output": str(out), "seconds": time.time() - t0,
+    return {"stage": "1", "steps": loop.last, "kind": kind, "output": str(out), "seconds": time.time() - t0,
             "resumed_from": loop.start, "history": loop.history, "validation": loop.val_history}
 
 
@@ -726,7 +729,7 @@ def train_stage2(cfg: dict, data=None, output=None, steps=None, resume=None, sta
     if loop.is_main:
         write_custom(exp, bare.controlnet, cfg, sd_path=sd_path, tokenizer_dir=tok_dir, s1_entry=s1_entry,
                      s1_path=s1_path, diffusion=diffusion)
-    return {"stage": "2", "steps": total, "output": str(exp), "seconds": time.time() - t0,
+    return {"stage": "2", "steps": loop.last, "output": str(exp), "seconds": time.time() - t0,
             "resumed_from": loop.start, "init": report, "history": loop.history, "validation": loop.val_history}
 
 
@@ -806,14 +809,19 @@ def load_custom(folder, device=None, torch_dtype=None, layout: str = "official")
 
 
 def train_diffbir(config, stage, data=None, output=None, steps=None, resume=None, state_dir=None, val_freq=None,
-                  save_every=None, log=print, sd_path=None, s1_weights=None, val_data=None) -> dict:
+                  save_every=None, log=print, sd_path=None, s1_weights=None, val_data=None,
+                  time_limit: float | None = None) -> dict:
     """Train DiffBIR stage ``stage`` (1 or 2) from an official-style YAML (configs/diffbir/train_*.yaml).
 
     ``data``: a folder of images or a file list (replaces the config's ``file_list``); ``output``: the experiment
     folder (``train.exp_dir``); ``steps``: ``train.train_steps``; ``resume``: a training state
     (``<iter>.state``), a folder of them or ``"auto"``; ``save_every``: a state every N steps (default
-    ``ckpt_every``); ``val_freq``: validation every N steps on ``val_data`` (or ``dataset.val``)."""
+    ``ckpt_every``); ``val_freq``: validation every N steps on ``val_data`` (or ``dataset.val``);
+    ``time_limit`` (``train.time_limit``, seconds): stop after the step that passes it and save what was trained
+    (the summary's ``steps``: the steps that ran)."""
     cfg = load_config(config)
+    if time_limit is not None:
+        cfg = {**cfg, "train": {**(cfg.get("train") or {}), "time_limit": float(time_limit)}}
     st = str(stage).lower().replace("stage", "")
     kw = {"data": data, "output": output, "steps": steps, "resume": resume, "state_dir": state_dir, "val_freq": val_freq,
               "save_every": save_every, "val_data": val_data, "log": log}
