@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..samplers.common import randn as draw_randn
+
 
 @dataclass
 class DiffIRConfig:
@@ -394,11 +396,8 @@ class IPRDiffusion(nn.Module):
         c = self.condition(lq)
         b = lq.shape[0]
 
-        def randn(shape):
-            if isinstance(generator, (list, tuple)):  # one generator per sample: each draws as a batch of one
-                return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator]).to(lq.device,
-                                                                                                     lq.dtype)
-            return torch.randn(shape, generator=generator).to(lq.device, lq.dtype)
+        def randn(shape):  # a list of generators: one per sample, each drawing as a batch of one
+            return draw_randn(tuple(shape), generator).to(lq.device, lq.dtype)
 
         T = self.num_timesteps
         if ipr_s1 is not None:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy import integrate
 
 from .common import SamplerError, randn_like, random_seed
 
@@ -39,7 +38,7 @@ class BrownianNoise:
     def __init__(self, x: torch.Tensor, sigma_min, sigma_max, generator: torch.Generator | None):
         self.seed = random_seed(generator)  # drawn now (RNG order); the tree is built on first use
         self.x, self.range = x, (torch.as_tensor(sigma_min), torch.as_tensor(sigma_max))
-        self.tree = None
+        self.trees = None
 
     def _build(self):
         try:
@@ -52,21 +51,19 @@ class BrownianNoise:
         self.flip = 1 if lo < hi else -1
         if self.flip < 0:
             lo, hi = hi, lo
-        if isinstance(self.seed, list):  # one tree per image (a one-image run's tree for each row)
-            self.tree = [torchsde.BrownianTree(lo, torch.zeros_like(self.x[k:k + 1]), hi, entropy=s)
-                         for k, s in enumerate(self.seed)]
-        else:
-            self.tree = torchsde.BrownianTree(lo, torch.zeros_like(self.x), hi, entropy=self.seed)
+        # one tree for the batch, or (a list of seeds) one per image: the tree of that image's one-image run
+        parts = ([(self.x[k:k + 1], s) for k, s in enumerate(self.seed)] if isinstance(self.seed, list)
+                 else [(self.x, self.seed)])
+        self.trees = [torchsde.BrownianTree(lo, torch.zeros_like(x), hi, entropy=s) for x, s in parts]
 
     def __call__(self, sigma, sigma_next) -> torch.Tensor:
-        if self.tree is None:
+        if self.trees is None:
             self._build()
         a, b = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
         lo, hi, flip = (a, b, 1) if a < b else (b, a, -1)
         with warnings.catch_warnings():  # queries can sit a float32 ulp outside the tree's interval
             warnings.filterwarnings("ignore", message="Should have", category=UserWarning)
-            trees = self.tree if isinstance(self.tree, list) else [self.tree]
-            w = torch.cat([t(lo, hi) for t in trees]) * (self.flip * flip)
+            w = torch.cat([t(lo, hi) for t in self.trees]) * (self.flip * flip)
         return w / (b - a).abs().sqrt()
 
 
@@ -208,6 +205,8 @@ def lms_coefficient(order: int, sigmas: np.ndarray, i: int, j: int) -> float:
             if k != j:
                 value *= (tau - sigmas[i - k]) / (sigmas[i - j] - sigmas[i - k])
         return value
+
+    from scipy import integrate  # only the LMS sampler needs it (keeps importing the samplers light)
 
     return integrate.quad(basis, sigmas[i], sigmas[i + 1], epsrel=1e-4)[0]
 

@@ -398,10 +398,8 @@ class DiffBIR(Restorer):
         net, kind = self.stage1_for(task)
         outs: list = [None] * n
         for idx, gens in plan:
-            y = torch.cat([ys[k] for k in idx])
-            pos = self._caption_prompt(y[:1], s) if s.captioner == "none" else \
-                [self._caption_prompt(y[j:j + 1], s) for j in range(len(idx))]
-            out = self.pipeline.run(y, s, net, kind, upscale, gens if len(idx) > 1 else gens[0], progress, pos)
+            pos = [self._caption_prompt(ys[k], s) for k in idx]  # one prompt per image (its caption, if any)
+            out = self.pipeline.run(torch.cat([ys[k] for k in idx]), s, net, kind, upscale, gens, progress, pos)
             for j, k in enumerate(idx):
                 outs[k] = out[j:j + 1]
         return outs
