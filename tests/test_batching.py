@@ -195,25 +195,13 @@ def test_restore_folder_max_batch(tmp_path, tiny_weights, unet_batches):
 def test_diffir_batch_equals_one_at_a_time(tmp_path, task):
     """DiffIR runs same-size images in one network call (counted), each with its own seed's random stream and its
     own mask, and gives what one-image runs give; a different seed changes the IPR draw and the result."""
-    import json
-
-    from safetensors.torch import save_file
-
-    from restorekit.nets.diffir import DiffIRS2
     from restorekit.operators import Inpainting, random_mask
 
-    from .test_diffir import TINY
+    from .test_diffir import TINY, write_tiny_diffir
 
     cfg = TINY if task == "sr" else type(TINY)(**{**TINY.to_dict(), "variant": "inpaint", "scale": 1,
                                                   "inp_channels": 4})
-    torch.manual_seed(0)
-    net = DiffIRS2(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape))
-    path = tmp_path / "m.safetensors"
-    save_file({k: v.clone().contiguous() for k, v in net.state_dict().items()}, str(path),
-              metadata={"restorekit_method": "diffir", "diffir_config": json.dumps(cfg.to_dict())})
+    path = write_tiny_diffir(tmp_path / "m.safetensors", cfg, 0.05)
     r = Restorer.from_pretrained(str(path), method="diffir")
     assert r.supports_batch
     ys = [y[0] for y in _ys([(16, 16), (16, 16), (16, 16), (8, 12)], seed=5)]

@@ -264,17 +264,22 @@ def test_cli_diffir(tmp_path, tiny_diffir, capsys):
     assert rc == 2 and "sr model" in capsys.readouterr().err
 
 
+def write_tiny_diffir(path, cfg, scale: float):
+    """A DiffIRS2 of ``cfg`` (torch seed 0, weights moved by ``scale`` x N(0, 1)) as a restorekit safetensors file."""
+    torch.manual_seed(0)
+    net = DiffIRS2(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn(p.shape))
+    save_file({k: v.clone().contiguous() for k, v in net.state_dict().items()}, str(path),
+              metadata={"restorekit_method": "diffir", "diffir_config": json.dumps(cfg.to_dict())})
+    return path
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_half_precision_network_keeps_float32_io(tmp_path, dtype):
     """torch_dtype= runs DiffIR's network in half precision; the result stays float32 and close to fp32."""
-    torch.manual_seed(0)
-    net = DiffIRS2(TINY)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn(p.shape))
-    path = tmp_path / "m.safetensors"
-    save_file({k: v.clone().contiguous() for k, v in net.state_dict().items()}, str(path),
-              metadata={"restorekit_method": "diffir", "diffir_config": json.dumps(TINY.to_dict())})
+    path = write_tiny_diffir(tmp_path / "m.safetensors", TINY, 0.02)
     y = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     ref = Restorer.from_pretrained(str(path), method="diffir").restore(y, task="sr", seed=0)
     r = Restorer.from_pretrained(str(path), method="diffir", torch_dtype=dtype)
