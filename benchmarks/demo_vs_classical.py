@@ -9,7 +9,7 @@ Protocol (restorekit's own operators, seed 0): 256x256 centre crops of CBSD68 an
 | 50% random-pixel inpainting (noise-free) | diffpir-demo, 30 NFE | biharmonic fill |
 | x4 SR of a clean bicubic LR | diffir-demo-sr | bicubic upscaling |
 | x4 SR of a Real-ESRGAN-degraded LR | diffir-demo-sr | bicubic upscaling |
-| random motion blur (31x31, intensity 0.5) + noise 0.01 | diffir-demo-deblur | the blurred input; Wiener with the true kernel |
+| random motion blur (31x31, intensity 0.5) + noise 0.01 | diffir-demo-deblur | Wiener with a kernel estimated from the blurred image (classical ``blind_wiener``); the blurred input; Wiener with the true kernel |
 
 Image k of a set uses seed k for its noise, mask, kernel and degradation; restorers use seed 0. PSNR in dB on the
 whole crop, RGB, outputs clamped to [0, 1].
@@ -49,8 +49,9 @@ PROBLEMS = {
                              target=("biharmonic", 2.0)),
     "diffir_sr_bicubic": dict(model="diffir", task="sr", baselines=("bicubic",), target=("bicubic", 0.0)),
     "diffir_sr_realesrgan": dict(model="diffir", task="sr", baselines=("bicubic",), target=("bicubic", 0.0)),
-    "diffir_deblur_motion": dict(model="diffir", task="deblur", baselines=("degraded", "wiener"),
-                                 target=("degraded", 2.0)),
+    # the issue's two alternatives: above Wiener with an estimated kernel, or 2 dB above the blurred input
+    "diffir_deblur_motion": dict(model="diffir", task="deblur", baselines=("degraded", "blind_wiener", "wiener"),
+                                 target=("blind_wiener", 0.0), alt_target=("degraded", 2.0)),
 }
 
 
@@ -116,6 +117,8 @@ def restore_classical(name: str, problem: str, y, op, x):
         return upscale(y, 4, "bicubic")
     r = Restorer.from_pretrained(method="classical")
     task = PROBLEMS[problem]["task"]
+    if name == "blind_wiener":  # blind: the kernel is not given
+        return r.restore(y, task=task, algorithm=name, noise_level=noise_of(problem))
     return r.restore(y, task=task, operator=op, algorithm=name, noise_level=noise_of(problem))
 
 
@@ -209,10 +212,13 @@ def tune(args) -> None:
     crops = [x for _, x in centre_crops(Path(args.tune), 128)]
     crops = crops[:args.limit or 16]
     demo = Demo(args.device, args.diffpir_weights, None)
-    grid = {"deblur_gaussian": [dict(lambda_=lam, zeta=z) for lam in (1.0, 7.0, 20.0) for z in (0.0, 0.3, 0.8)],
-            "sr_x4_bicubic": [dict(lambda_=lam, zeta=z, noise_level=nl) for lam in (1.0, 7.0) for z in (0.0, 0.25)
-                              for nl in (0.0, 0.05)],
-            "inpaint_random50": [dict(lambda_=lam, zeta=z) for lam in (1.0, 7.0) for z in (0.3, 1.0)]}
+    grid = {"deblur_gaussian": [dict(lambda_=lam, zeta=z) for lam, z in
+                                ((7.0, 0.3), (7.0, 0.8), (15.0, 0.3), (15.0, 0.8), (3.0, 0.5), (30.0, 0.5))],
+            "sr_x4_bicubic": [dict(lambda_=lam, zeta=z, noise_level=nl) for lam, z, nl in
+                              ((1.0, 0.25, 0.0), (1.0, 0.0, 0.0), (1.0, 0.5, 0.0), (1.0, 0.25, 0.01),
+                               (7.0, 0.25, 0.05), (7.0, 0.5, 0.01))],
+            "inpaint_random50": [dict(lambda_=lam, zeta=z) for lam, z in
+                                 ((1.0, 1.0), (1.0, 0.3), (1.0, 0.6), (7.0, 0.3), (7.0, 1.0))]}
     out = {}
     for problem, options in grid.items():
         r = demo.get("diffpir", PROBLEMS[problem]["task"])
@@ -223,7 +229,10 @@ def tune(args) -> None:
                                   task=PROBLEMS[problem]["task"], **diffpir_options(problem, args.nfe, o))
             rows.append({**o, "psnr": float(np.mean([psnr(a, x) for a, x in zip(res, crops)]))})
             print(problem, rows[-1], file=sys.stderr)
-        out[problem] = sorted(rows, key=lambda r: -r["psnr"])
+        base = PROBLEMS[problem]["target"][0]
+        bp = float(np.mean([psnr(restore_classical(base, problem, ob[0], ob[1], x), x) for ob, x in zip(obs, crops)]))
+        print(problem, "baseline", base, round(bp, 3), file=sys.stderr)
+        out[problem] = sorted(rows, key=lambda r: -r["psnr"]) + [{"baseline": base, "psnr": bp}]
     Path(args.tune_out).write_text(json.dumps(out, indent=1))
 
 
@@ -247,12 +256,19 @@ def report(args) -> str:
             base, deg_p = mean.get(base_name), mean.get("degraded")
             d = mean[demo_m] - base if base is not None else float("nan")
             met = base is not None and d >= margin
+            alt = ""
+            if "alt_target" in spec:  # either target meets the issue
+                an, am = spec["alt_target"]
+                if an in mean:
+                    ad = mean[demo_m] - mean[an]
+                    met = met or ad >= am
+                    alt = f"; vs {an} {ad:+.2f} (>= +{am:.1f})"
             allmet &= bool(met)
             extra = "".join(f"; {m} {mean[m]:.2f}" for m in spec["baselines"] if m != base_name and m in mean)
             base_txt = f"{base:.2f}" if base is not None else "not run"
             deg_txt = f"{deg_p:.2f}" if deg_p is not None else "-"
             lines.append(f"| {problem} | {set_name} | {len(imgs)} | {deg_txt} | {base_name} | {base_txt}{extra} | "
-                         f"{demo_m} | {mean[demo_m]:.2f} | {d:+.2f} | >= +{margin:.1f} | {'yes' if met else 'NO'} |")
+                         f"{demo_m} | {mean[demo_m]:.2f} | {d:+.2f} | >= +{margin:.1f}{alt} | {'yes' if met else 'NO'} |")
     return "\n".join(lines) + ("\n\nAll targets met." if allmet else "\n\nNot all targets met.")
 
 

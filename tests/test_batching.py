@@ -13,7 +13,10 @@ from restorekit.files import batches_by_size
 from restorekit.methods.diffpir import restorer as diffpir_restorer
 from restorekit.operators import Blur, Inpainting, gaussian_kernel
 
-from .test_diffbir_pipeline import _restorer, light  # noqa: F401  (light: the tiny DiffBIR models' fixture)
+from . import test_diffbir_pipeline as _pipeline
+from .test_diffbir_pipeline import _restorer
+
+light = _pipeline.light  # the tiny DiffBIR models' fixture, shared with test_diffbir_pipeline
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from ...registry import register_method
 #: task -> algorithms (the first is the default)
 ALGORITHMS = {
     "sr": ("bicubic", "lanczos"),
-    "deblur": ("wiener", "tv"),
+    "deblur": ("wiener", "tv", "blind_wiener"),
     "inpaint": ("biharmonic", "diffusion"),
     "denoise": ("bm3d",),
 }
@@ -32,6 +32,7 @@ class ClassicalConfig:
     noise_level: float = DEFAULT_NOISE
     tv_weight: float = 0.0  # 0: chosen from noise_level
     iterations: int = 200  # TV-ADMM iterations
+    kernel_size: int = 31  # blind_wiener: size of the estimated kernel (odd)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,7 +40,8 @@ class ClassicalConfig:
 
 @register_method
 class Classical(Restorer):
-    """Bicubic / Lanczos, Wiener / TV deconvolution, biharmonic / harmonic fill, BM3D."""
+    """Bicubic / Lanczos, Wiener / TV deconvolution, blind Wiener (estimated kernel), biharmonic / harmonic fill,
+    BM3D."""
 
     name = "classical"
     tasks = ("sr", "deblur", "inpaint", "denoise")
@@ -70,6 +72,8 @@ class Classical(Restorer):
             raise TaskError("noise_level must be a finite number >= 0")
         if cfg.iterations < 1:
             raise TaskError("iterations must be >= 1")
+        if cfg.kernel_size < 3 or cfg.kernel_size % 2 == 0:
+            raise TaskError("kernel_size must be an odd number >= 3")
         return cfg
 
     @torch.no_grad()
@@ -82,9 +86,14 @@ class Classical(Restorer):
                 raise TaskError("classical SR needs no operator, or an SR operator for its factor")
             sf = operator.sf if operator is not None else int(scale)
             out = upscale(y, sf, cfg.algorithm)
+        elif task == "deblur" and cfg.algorithm == "blind_wiener":
+            from .blind import blind_wiener
+
+            out, _ = blind_wiener(y, cfg.noise_level, int(cfg.kernel_size))
         elif task == "deblur":
             if not isinstance(operator, BlurDownsample) or isinstance(operator, BicubicDownsample) or operator.sf != 1:
-                raise TaskError("classical deblurring is non-blind: pass operator=Blur(kernel) (CLI: --kernel-file)")
+                raise TaskError("classical deblurring with wiener / tv is non-blind: pass operator=Blur(kernel) (CLI: "
+                                "--kernel-file), or use algorithm='blind_wiener'")
             k = operator.kernel.to(torch.float64)
             if cfg.algorithm == "wiener":
                 out = wiener_deconvolve(y, k, cfg.noise_level)
