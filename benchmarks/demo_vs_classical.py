@@ -203,7 +203,10 @@ def run(args) -> None:
                         f.write(json.dumps(dict(problem=problem, set=set_name, image=n, method=method,
                                                 psnr=round(psnr(out, x), 4), seconds_per_image=round(dt, 3),
                                                 nfe=args.nfe if method == "diffpir-demo" else None,
-                                                device=args.device, machine=machine)) + "\n")
+                                                device=args.device, machine=machine,
+                                                **({"options": args.options.get(problem, {}),
+                                                    "weights": args.diffpir_weights or "diffpir-demo"}
+                                                   if method == "diffpir-demo" else {}))) + "\n")
                 print(f"{set_name} {problem} {method}: {len(todo)} images, {dt:.2f} s/image", file=sys.stderr)
 
 

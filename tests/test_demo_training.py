@@ -26,10 +26,46 @@ from .test_diffir import TINY as TINY_IR
 from .test_diffir_train import _images
 
 
-def test_committed_demo_prior_config_parses():
-    cfg, train = load_prior_config("configs/diffpir/demo_prior.yaml")
+@pytest.mark.parametrize("name", ["demo_prior.yaml", "demo_prior_cpu.yaml"])
+def test_committed_demo_prior_config_parses(name):
+    cfg, train = load_prior_config(f"configs/diffpir/{name}")
     assert set(train) <= set(TRAIN_DEFAULTS) and train["crop"] % cfg.size_multiple == 0
     assert train["save_dtype"] == "fp16" and cfg.out_channels == 3
+
+
+def test_bundled_prior_is_what_the_cpu_config_trains():
+    """The bundled diffpir-demo file records the network and the options of configs/diffpir/demo_prior_cpu.yaml."""
+    from restorekit.weights import load_state_dict
+
+    cfg, train = load_prior_config("configs/diffpir/demo_prior_cpu.yaml")
+    _, meta = load_state_dict("restorekit/data/diffpir_demo_prior.safetensors")
+    assert json.loads(meta["unet_config"]) == cfg.to_dict()
+    info = json.loads(meta["training"])
+    for k in ("steps", "batch_size", "crop", "lr", "seed", "t_power"):
+        assert info[k] == pytest.approx(train[k]), k
+
+
+@pytest.mark.parametrize("power", [1.0, 3.0])
+def test_t_power_draws_the_low_noise_end_more_often(tmp_path, monkeypatch, power):
+    import restorekit.methods.diffpir.train as tr
+
+    seen = []
+
+    class Spy(tr.GuidedUNet):
+        def forward(self, x, t, *a, **k):
+            seen.append(t.clone())
+            return super().forward(x, t, *a, **k)
+
+    monkeypatch.setattr(tr, "GuidedUNet", Spy)
+    d = _images(tmp_path / "data")
+    info = train_prior(d, tmp_path / "p.safetensors", steps=20, batch_size=8, crop=16, config=TINY, t_power=power,
+                       log=lambda s: None)
+    t = torch.cat(seen).double()
+    assert t.numel() == 160 and t.min() >= 0 and t.max() <= 999 and info["t_power"] == power
+    # mean of floor(1000 u^p): 500 for p = 1, 250 for p = 3 (standard error of 160 draws: about 23)
+    assert (t.mean() > 400) if power == 1.0 else (t.mean() < 330)
+    with pytest.raises(ConfigError, match="t_power"):
+        train_prior(d, tmp_path / "q.safetensors", steps=1, batch_size=1, crop=16, config=TINY, t_power=0)
 
 
 def test_prior_config_rejects_unknown_keys(tmp_path):

@@ -46,8 +46,11 @@ class DiffPIR(Restorer):
     tasks = ("deblur", "sr", "inpaint")
     default_model = "diffpir-demo"
 
-    def __init__(self, unet: GuidedUNet, device=None, schedule: LinearSchedule | None = None, torch_dtype=None):
+    def __init__(self, unet: GuidedUNet, device=None, schedule: LinearSchedule | None = None, torch_dtype=None,
+                 model_defaults: dict | None = None):
         super().__init__(device)
+        #: per-task option defaults of this model (a model card's ``task_defaults``) over the official ones
+        self.model_defaults = {t: dict(o) for t, o in (model_defaults or {}).items()}
         self.dtype = resolve_dtype(torch_dtype)
         self.unet = unet.to(self.device, self.dtype).eval()
         for p in self.unet.parameters():
@@ -70,7 +73,8 @@ class DiffPIR(Restorer):
             cfg = infer_unet_config(sd, meta)
         unet = GuidedUNet(cfg)
         load_strict(unet, {k: v.float() for k, v in sd.items()}, str(path))
-        return cls(unet, device=device, torch_dtype=torch_dtype)
+        return cls(unet, device=device, torch_dtype=torch_dtype,
+                   model_defaults=card.options.get("task_defaults") if card is not None else None)
 
     # ------------------------------------------------------------------------
     @staticmethod
@@ -79,6 +83,8 @@ class DiffPIR(Restorer):
 
     def make_config(self, task: str, steps: int | None = None, **options) -> DiffPIRConfig:
         cfg = self.default_config(task)
+        for k, v in self.model_defaults.get(task, {}).items():
+            setattr(cfg, k, v)
         names = {f.name for f in fields(DiffPIRConfig)}
         aliases = {"lambda": "lambda_", "lam": "lambda_", "noise": "noise_level", "nfe": "steps", "iter_num": "steps"}
         for k, v in options.items():

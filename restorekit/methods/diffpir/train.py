@@ -90,7 +90,8 @@ class DeviceEMA:
 
 #: training options a prior config (YAML ``train:`` section) may set, with their defaults
 TRAIN_DEFAULTS = dict(steps=2000, batch_size=16, crop=64, lr=2e-4, ema_decay=0.999, seed=0, warmup=200,
-                      mixed_precision="no", time_budget=None, save_dtype="fp32", log_every=100, save_every=0)
+                      mixed_precision="no", time_budget=None, save_dtype="fp32", log_every=100, save_every=0,
+                      t_power=1.0)
 
 
 def load_prior_config(path: str | Path) -> tuple[GuidedUNetConfig, dict]:
@@ -125,7 +126,7 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
                 log_every: int = 100, time_limit: float | None = None, init: str | Path | None = None,
                 log=print, mixed_precision: str = "no", time_budget: float | None = None, warmup: int = 200,
                 save_dtype: str = "fp32", save_every: int = 0, resume=None,
-                state_dir: str | Path | None = None) -> dict:
+                state_dir: str | Path | None = None, t_power: float = 1.0) -> dict:
     """Train and save EMA weights as safetensors with the UNet config in its metadata.
 
     ``time_budget`` (seconds): after 50 steps the run measures its speed and shortens ``steps`` so that it ends
@@ -133,7 +134,9 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
     the loop outright. ``mixed_precision``: "no" | "bf16" | "fp16" (accelerate's autocast; CUDA only).
     ``save_dtype``: "fp32" | "fp16" for the saved EMA weights. ``save_every``: a training state every N steps in
     ``state_dir`` (default ``<output stem>_training_states``); ``resume``: an ``<iter>.state`` file, a folder of
-    them or ``"auto"``. ``batch_size`` is per process."""
+    them or ``"auto"``. ``batch_size`` is per process. ``t_power``: timesteps drawn as ``floor(T * u**t_power)``
+    with ``u`` uniform; 1 is DDPM's uniform draw, larger values train the low-noise end (which decides the PSNR of
+    a restoration) more often."""
     from safetensors.torch import save_file
 
     from ...training import RandomStream, StepLoop
@@ -141,6 +144,8 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
     cfg = config or DEMO_UNET
     if crop % cfg.size_multiple:
         raise ConfigError(f"crop size must be a multiple of {cfg.size_multiple}")
+    if not float(t_power) > 0:
+        raise ConfigError("t_power must be > 0")
     if save_dtype not in ("fp32", "fp16"):
         raise ConfigError("save_dtype must be fp32 or fp16")
     out = Path(output)
@@ -174,6 +179,8 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
     state = {"net": bare, "opt": opt, "sched": sched, "ema": ema}
     meta = {"steps": int(steps), "batch_size": int(batch_size), "crop": int(crop), "lr": float(lr), "seed": int(seed),
             "processes": loop.world}
+    if float(t_power) != 1.0:
+        meta["t_power"] = float(t_power)
     local = {"noise": RandomStream(gd)} if on_device else None  # the device's own noise stream
     loop.resume(resume, state, meta, local)
     t0 = time.time()
@@ -181,7 +188,13 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
     def step(it: int) -> dict:
         x0 = (device_crops(imgs, batch_size, crop, g) if on_device
               else random_batch(imgs, batch_size, crop, g).to(acc.device))
-        t = torch.randint(0, sch.num_train_timesteps, (x0.shape[0],), generator=gd, device=gd.device).to(acc.device)
+        T = sch.num_train_timesteps
+        if float(t_power) == 1.0:
+            t = torch.randint(0, T, (x0.shape[0],), generator=gd, device=gd.device)
+        else:
+            u = torch.rand(x0.shape[0], generator=gd, device=gd.device, dtype=torch.float64)
+            t = (T * u ** float(t_power)).long().clamp_(0, T - 1)
+        t = t.to(acc.device)
         noise = torch.randn(x0.shape, generator=gd, device=gd.device).to(acc.device)
         xt = sac[t].view(-1, 1, 1, 1) * x0 + s1m[t].view(-1, 1, 1, 1) * noise
         with acc.autocast():
@@ -204,7 +217,7 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
     info = {"steps": loop.last, "final_loss": torch.tensor(tail).mean().item() if tail else float("nan"),
             "seconds": time.time() - t0, "images": len(imgs), "crop": crop, "batch_size": batch_size, "lr": lr,
             "seed": seed, "mixed_precision": acc.mixed_precision, "device": str(acc.device),
-            "resumed_from": loop.start}
+            "resumed_from": loop.start, "t_power": float(t_power)}
     if loop.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"restorekit_method": "diffpir", "unet_config": json.dumps(cfg.to_dict()),
