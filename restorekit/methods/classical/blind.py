@@ -16,12 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ...operators import psf2otf
-
-
-def _grad_otfs(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    dh = psf2otf(torch.tensor([[0.0, -1.0, 1.0]], dtype=torch.float64), h, w)
-    dv = psf2otf(torch.tensor([[0.0], [-1.0], [1.0]], dtype=torch.float64), h, w)
-    return dh, dv
+from .restorer import gradient_otfs, wiener_deconvolve
 
 
 def _latent(Y: torch.Tensor, K: torch.Tensor, dh, dv, alpha: float) -> torch.Tensor:
@@ -96,7 +91,7 @@ def estimate_kernel(y: torch.Tensor, size: int = 31, iterations: int = 7, alpha:
         h, w = max(8, int(round(H * f))), max(8, int(round(W * f)))
         gs = g if s == 0 else F.interpolate(g[None, None], size=(h, w), mode="bilinear", antialias=True,
                                             align_corners=False)[0, 0]
-        dh, dv = _grad_otfs(h, w)
+        dh, dv = gradient_otfs(h, w)
         Y = torch.fft.fft2(gs)
         if k is None:
             k = torch.zeros(ks, ks, dtype=torch.float64)
@@ -123,7 +118,5 @@ def blind_wiener(y: torch.Tensor, sigma: float, size: int = 31, **options) -> tu
     The Wiener step assumes twice the noise ``sigma`` (at least 0.01): the extra regularisation absorbs some of
     the kernel's error (on 256x256 CBSD68 crops, random 31x31 motion blur, noise 0.01: 24.66 dB against 24.17 with
     the plain sigma)."""
-    from .restorer import wiener_deconvolve
-
     k = estimate_kernel(y, size, **options)
     return wiener_deconvolve(y.to(torch.float64), k, max(2 * sigma, 0.01)), k

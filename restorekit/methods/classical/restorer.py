@@ -133,6 +133,13 @@ def _freq_sq(h: int, w: int) -> torch.Tensor:
     return fy ** 2 + fx ** 2
 
 
+def gradient_otfs(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """OTFs (float64) of the horizontal and vertical forward differences on h x w, circular."""
+    dh = psf2otf(torch.tensor([[0.0, -1.0, 1.0]], dtype=torch.float64), h, w)
+    dv = psf2otf(torch.tensor([[0.0], [-1.0], [1.0]], dtype=torch.float64), h, w)
+    return dh, dv
+
+
 def wiener_deconvolve(y: torch.Tensor, kernel: torch.Tensor, sigma: float) -> torch.Tensor:
     """Wiener filter with the true kernel and a power-law image spectrum ``S(f) = A / (|f|^2 + f0^2)``.
 
@@ -163,8 +170,7 @@ def tv_deconvolve(y: torch.Tensor, kernel: torch.Tensor, sigma: float, weight: f
     lam = weight if weight is not None else 0.6 * max(sigma, 0.002) ** 1.5  # tuned on scikit-image photos
     rho = 20 * lam
     K = psf2otf(kernel, h, w)
-    dh = psf2otf(torch.tensor([[0.0, -1.0, 1.0]], dtype=torch.float64), h, w)
-    dv = psf2otf(torch.tensor([[0.0], [-1.0], [1.0]], dtype=torch.float64), h, w)
+    dh, dv = gradient_otfs(h, w)
     denom = K.abs() ** 2 + rho * (dh.abs() ** 2 + dv.abs() ** 2)
     KtY = torch.conj(K) * torch.fft.fft2(y)
     x = y.clone()
