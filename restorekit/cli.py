@@ -534,6 +534,7 @@ def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False)
         print(f"degraded input written to {degraded_path}", file=sys.stderr)
     else:
         y = x
+        blind = blind or getattr(cfg, "algorithm", None) == "blind_wiener"  # classical: estimates the kernel
         op = observed_operator(
             task, tuple(y.shape[-2:]), blind=blind, kernel_file=args.kernel_file, mask_file=args.mask_file,
             scale=args.scale, sr_mode=args.sr_mode, sr_kernel_std=args.sr_kernel_std,

@@ -138,3 +138,26 @@ def test_blind_wiener_estimates_the_kernel_without_being_given_it():
     assert out.shape == y.shape and torch.isfinite(out).all()
     with pytest.raises(TaskError, match="kernel_size"):
         r.restore(y.float(), task="deblur", algorithm="blind_wiener", kernel_size=30)
+
+
+def test_cli_blind_wiener_needs_no_kernel_but_wiener_does(tmp_path, capsys):
+    """On an already blurred input, `--opt algorithm=blind_wiener` runs without --kernel-file (it estimates the
+    kernel); plain Wiener still stops with a one-line error and exit code 2."""
+    from restorekit.io import read_image
+    from restorekit.operators import motion_kernel
+
+    arr, _ = read_image("examples/coffee.png")
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None][..., :96, 100:196].double()
+    y = Blur(motion_kernel(15, 0.5, 3).double()).forward(x).clamp(0, 1)
+    src = tmp_path / "blurred.png"
+    Image.fromarray((y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(src)
+    before = src.read_bytes()
+    args = ["run", "--method", "classical", "--task", "deblur", "--input", str(src), "--no-progress",
+            "--noise", "0.01", "--opt", "kernel_size=15"]
+    assert main(args + ["--output", str(tmp_path / "a/"), "--opt", "algorithm=blind_wiener"]) == 0
+    assert (tmp_path / "a" / "blurred_classical_deblur.png").is_file()
+    capsys.readouterr()
+    assert main(args + ["--output", str(tmp_path / "b/"), "--opt", "algorithm=wiener"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--kernel-file" in err[0]
+    assert src.read_bytes() == before and not (tmp_path / "b" / "blurred_classical_deblur.png").exists()
