@@ -88,3 +88,13 @@ def test_diffpir_demo_card_defaults_apply_to_the_demo_only(diffpir_demo, tmp_pat
     for task in tuned:
         cfg = by_path.make_config(task)
         assert all(getattr(cfg, k) == v for k, v in TASK_DEFAULTS[task].items()), task
+
+
+def test_bundled_weights_stay_under_40_mb():
+    """The demo-models issue caps all bundled weights together at 40 MB."""
+    from pathlib import Path
+
+    import restorekit
+
+    files = list((Path(restorekit.__file__).parent / "data").glob("*.safetensors"))
+    assert len(files) == 4 and sum(f.stat().st_size for f in files) < 40e6

@@ -33,16 +33,19 @@ def test_committed_demo_prior_config_parses(name):
     assert train["save_dtype"] == "fp16" and cfg.out_channels == 3
 
 
-def test_bundled_prior_is_what_the_cpu_config_trains():
-    """The bundled diffpir-demo file records the network and the options of configs/diffpir/demo_prior_cpu.yaml."""
+def test_bundled_prior_is_what_the_config_trains():
+    """The bundled diffpir-demo file records the network and the options of configs/diffpir/demo_prior.yaml (its
+    step count was cut by the config's time budget)."""
     from restorekit.weights import load_state_dict
 
-    cfg, train = load_prior_config("configs/diffpir/demo_prior_cpu.yaml")
+    cfg, train = load_prior_config("configs/diffpir/demo_prior.yaml")
     _, meta = load_state_dict("restorekit/data/diffpir_demo_prior.safetensors")
     assert json.loads(meta["unet_config"]) == cfg.to_dict()
     info = json.loads(meta["training"])
-    for k in ("steps", "batch_size", "crop", "lr", "seed", "t_power"):
+    for k in ("batch_size", "crop", "lr", "seed", "t_power"):
         assert info[k] == pytest.approx(train[k]), k
+    assert info["mixed_precision"] == train["mixed_precision"] and info["images"] == 199
+    assert 0 < info["steps"] <= train["steps"] and info["seconds"] <= train["time_budget"]
 
 
 @pytest.mark.parametrize("power", [1.0, 3.0])
