@@ -194,6 +194,11 @@ def run(args) -> None:
                 todo = [(k, n, x) for k, (n, x) in enumerate(crops) if (problem, set_name, n, method) not in done]
                 if not todo:
                     continue
+                is_diffpir, opts = method == "diffpir-demo", args.options.get(problem, {})
+                how = {"nfe": diffpir_options(problem, args.nfe, opts)["steps"] if is_diffpir else None,
+                       "device": args.device, "machine": machine}  # the same in each record of this row
+                if is_diffpir:
+                    how.update(options=opts, weights=args.diffpir_weights or "diffpir-demo")
                 for c in range(0, len(todo), args.batch):  # records after each batch: a cut run keeps them
                     chunk = todo[c:c + args.batch]
                     t0 = time.time()
@@ -207,12 +212,7 @@ def run(args) -> None:
                         for (k, n, x), out in zip(chunk, outs):
                             f.write(json.dumps(dict(problem=problem, set=set_name, image=n, method=method,
                                                     psnr=round(psnr(out, x), 4), seconds_per_image=round(dt, 3),
-                                                    nfe=(args.options.get(problem, {}).get("steps", args.nfe)
-                                                         if method == "diffpir-demo" else None),
-                                                    device=args.device, machine=machine,
-                                                    **({"options": args.options.get(problem, {}),
-                                                        "weights": args.diffpir_weights or "diffpir-demo"}
-                                                       if method == "diffpir-demo" else {}))) + "\n")
+                                                    **how)) + "\n")
                 print(f"{set_name} {problem} {method}: {len(todo)} images, {dt:.2f} s/image (last batch)",
                       file=sys.stderr)
 
@@ -255,16 +255,16 @@ def report(args) -> str:
     for problem, spec in PROBLEMS.items():
         demo_m = f"{spec['model']}-demo"
         for set_name in args.sets:
-            by = {}
+            by, nfes = {}, set()
             for r in rows:
                 if r["problem"] == problem and r["set"] == set_name:
                     by.setdefault(r["method"], {})[r["image"]] = r["psnr"]
+                    if r["method"] == demo_m and r.get("nfe"):
+                        nfes.add(r["nfe"])
             if demo_m not in by:
                 continue
             imgs = sorted(by[demo_m])
-            nfes = sorted({r["nfe"] for r in rows if r["problem"] == problem and r["set"] == set_name
-                           and r["method"] == demo_m and r.get("nfe")})
-            demo_txt = demo_m + (f" ({'/'.join(map(str, nfes))} NFE)" if nfes else "")
+            demo_txt = demo_m + (f" ({'/'.join(map(str, sorted(nfes)))} NFE)" if nfes else "")
             base_name, margin = spec["target"]
             mean = {m: float(np.mean([v[i] for i in imgs])) for m, v in by.items() if all(i in v for i in imgs)}
             base, deg_p = mean.get(base_name), mean.get("degraded")

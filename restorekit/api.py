@@ -226,6 +226,11 @@ class Restorer:
         return self
 
     # -- restoration ------------------------------------------------------------
+    def is_blind(self, config=None) -> bool:
+        """Whether deblurring with ``config`` (a :meth:`make_config` result) needs no blur kernel: the class's
+        ``blind`` flag (DiffIR, DiffBIR), or what a method's options choose (classical ``blind_wiener``)."""
+        return bool(getattr(type(self), "blind", False))
+
     def check_task(self, task: str) -> None:
         if task not in self.tasks:
             raise TaskError(f"method {self.name!r} does not do task {task!r}; it does: {', '.join(self.tasks)}")

@@ -534,7 +534,6 @@ def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False)
         print(f"degraded input written to {degraded_path}", file=sys.stderr)
     else:
         y = x
-        blind = blind or getattr(cfg, "algorithm", None) == "blind_wiener"  # classical: estimates the kernel
         op = observed_operator(
             task, tuple(y.shape[-2:]), blind=blind, kernel_file=args.kernel_file, mask_file=args.mask_file,
             scale=args.scale, sr_mode=args.sr_mode, sr_kernel_std=args.sr_kernel_std,
@@ -596,7 +595,7 @@ def _finish_one(args, restorer, cfg, prep: dict, result: torch.Tensor) -> dict:
 
 
 def _restore_one(args, restorer, cfg, extra: dict, job, degraded_path, first=None, inner_progress=True) -> dict:
-    prep = _prepare_one(args, cfg, job, degraded_path, first, blind=getattr(type(restorer), "blind", False))
+    prep = _prepare_one(args, cfg, job, degraded_path, first, blind=restorer.is_blind(cfg))
     progress = _progress(f"{args.method} {args.task}", not inner_progress)
     result = restorer.restore_tensor(prep["y"].to(restorer.device), task=args.task, operator=prep["op"],
                                      seed=prep["seed"], progress=progress, **_run_options(args, extra))
@@ -610,7 +609,7 @@ def _restore_batch(args, restorer, cfg, extra: dict, jobs, degraded: dict, inner
     preps = []
     for j in jobs:
         try:
-            preps.append(_prepare_one(args, cfg, j, degraded.get(j.input), blind=getattr(type(restorer), "blind", False)))
+            preps.append(_prepare_one(args, cfg, j, degraded.get(j.input), blind=restorer.is_blind(cfg)))
         except RestoreKitError as e:
             on_error(j, e)
     if not preps:

@@ -54,6 +54,9 @@ class Classical(Restorer):
             raise TypeError(f"unexpected options for Classical.from_pretrained: {sorted(kwargs)}")
         return cls(device=device)
 
+    def is_blind(self, config=None) -> bool:
+        return getattr(config, "algorithm", None) == "blind_wiener"  # it estimates the kernel
+
     def make_config(self, task: str, steps: int | None = None, **options) -> ClassicalConfig:
         self.check_task(task)
         cfg = ClassicalConfig(algorithm=ALGORITHMS[task][0])
