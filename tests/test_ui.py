@@ -301,6 +301,33 @@ def test_ui_pipeline_matches_restorekit_run(tmp_path, capsys):
     assert o.metrics_after["psnr"] > o.metrics_before["psnr"]
 
 
+def test_ui_classical_blind_wiener_needs_no_kernel_upload(tmp_path):
+    """The app's restore path on an already blurred upload: classical ``blind_wiener`` (chosen in the options)
+    estimates the kernel, so no kernel upload is asked for; plain Wiener still stops with the one-line
+    'upload the blur kernel' message. The upload is left untouched."""
+    import torch
+    from PIL import Image
+
+    from restorekit.errors import RestoreKitError
+    from restorekit.operators import Blur, motion_kernel
+    from restorekit.ui import core
+
+    x = torch.from_numpy(np.asarray(Image.open(COFFEE).convert("RGB").crop((100, 90, 196, 186)),
+                                    dtype=np.float64) / 255).permute(2, 0, 1)[None]
+    y = Blur(motion_kernel(15, 0.5, 3).double()).forward(x).clamp(0, 1)
+    src = tmp_path / "blurred.png"
+    Image.fromarray((y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(src)
+    before = src.read_bytes()
+    d = core.Degradation(noise=0.01)
+    o = core.restore(src, "classical", "deblur", None, device="cpu", out_dir=tmp_path / "ui", degradation=d,
+                     ground_truth=None, options={"algorithm": "blind_wiener"})
+    assert Path(o.output_path).is_file()
+    with pytest.raises(RestoreKitError, match="upload the blur kernel"):
+        core.restore(src, "classical", "deblur", None, device="cpu", out_dir=tmp_path / "ui2", degradation=d,
+                     options={"algorithm": "wiener"})
+    assert src.read_bytes() == before and not (tmp_path / "ui2").exists()
+
+
 def test_ui_subcommand_parser(monkeypatch):
     """`restorekit ui --host --port` parses into cmd_ui; an impossible port, or Gradio not installed, is a one-line
     error."""

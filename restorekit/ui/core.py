@@ -287,7 +287,7 @@ def restore(image, method: str, task: str, model: str | None = None, *, steps: i
         noise_default = getattr(restorer.make_config(task, None), "noise_level", 0.0)
     except RestoreKitError:
         noise_default = 0.0
-    blind = restorer.is_blind()  # no config: the UI does not yet let classical blind_wiener skip the kernel
+    blind = restorer.is_blind(restorer.make_config(task, None, **opts))  # classical blind_wiener: no kernel
     if prepared is None:
         prepared = observe(x, task, d, seed, noise_default, blind)
     y, op, reference, hw = prepared
