@@ -234,3 +234,30 @@ def test_official_rng_false_skips_the_discarded_draw(unet):
     b = r.restore_tensor(y, "deblur", operator=op, steps=6, seed=0, official_rng=False)
     c = r.restore_tensor(y, "deblur", operator=op, steps=6, seed=0, official_rng=False)
     assert torch.equal(b, c) and (a - b).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 48), (1, 3, 5, 7), (1, 1, 4, 4), (2, 3, 6, 7), (1, 3, 1, 2)])
+def test_fast_channels_last_draw_is_torchs_serial_draw_bit_for_bit(shape):
+    """The sampler's shortcut for upstream's channels-last ``randn_like`` (torch's serial CPU kernel, emulated
+    from the generator's 64-bit stream) gives exactly torch's values and leaves the generator in exactly torch's
+    state, over several draws, for even and odd sizes (odd: the generator caches a value, and the shortcut must
+    step aside), one channel (torch's vectorised path) and mixed sequences; the per-image draws of a batch, done
+    in threads, equal one-image draws."""
+    from restorekit.methods.diffpir.sampler import _draw, serial_normal
+
+    def torch_draw(s, g):
+        return torch.empty(s, dtype=torch.float32, memory_format=torch.channels_last).normal_(generator=g)
+
+    shapes = [shape, shape, (1, 3, 5, 5), shape, (1, 3, 8, 8), shape]
+    for seed in (0, 7):
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        for s in shapes:
+            assert torch.equal(torch_draw(s, g1), _draw(s, g2, "cpu", torch.float32, True))
+            assert torch.equal(g1.get_state(), g2.get_state())
+    g = torch.Generator().manual_seed(3)
+    assert serial_normal((1, 3, 64, 48), g) is not None  # the shortcut is taken where it applies
+    assert serial_normal((1, 3, 5, 5), g) is None  # odd size
+    gens = [torch.Generator().manual_seed(k) for k in range(5)]
+    batch = _draw((5, 3, 16, 12), gens, "cpu", torch.float32, True)
+    ones = torch.cat([torch_draw((1, 3, 16, 12), torch.Generator().manual_seed(k)) for k in range(5)])
+    assert torch.equal(batch, ones)
