@@ -261,3 +261,23 @@ def test_fast_channels_last_draw_is_torchs_serial_draw_bit_for_bit(shape):
     batch = _draw((5, 3, 16, 12), gens, "cpu", torch.float32, True)
     ones = torch.cat([torch_draw((1, 3, 16, 12), torch.Generator().manual_seed(k)) for k in range(5)])
     assert torch.equal(batch, ones)
+
+
+def test_threaded_draws_work_in_a_forked_child():
+    """A process forked after a threaded batch draw (a sweep's worker, a DataLoader) makes its own threads instead
+    of waiting forever on the parent's, and draws the same numbers."""
+    import multiprocessing as mp
+
+    from restorekit.methods.diffpir.sampler import _draw
+
+    def gens():
+        return [torch.Generator().manual_seed(k) for k in range(3)]
+
+    a = _draw((3, 3, 8, 8), gens(), "cpu", torch.float32, True)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=lambda: q.put(_draw((3, 3, 8, 8), gens(), "cpu", torch.float32, True).tolist()))
+    p.start()
+    b = torch.tensor(q.get(timeout=60))
+    p.join(timeout=60)
+    assert torch.equal(a, b)

@@ -247,16 +247,17 @@ def _draw_cpu(shape, generator, official: bool) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
-_POOL = None
+_POOL = (None, None)  # (process id, executor): a forked child makes its own (the parent's threads are not there)
 
 
 def _pool():
     global _POOL
-    if _POOL is None:
+    if _POOL[0] != os.getpid():
         from concurrent.futures import ThreadPoolExecutor
 
-        _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="restorekit-noise")
-    return _POOL
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                                                 thread_name_prefix="restorekit-noise"))
+    return _POOL[1]
 
 
 #: byte offset (from the end) of the "a cached normal is waiting" flag in a CPU generator's state, or False when
