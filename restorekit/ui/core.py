@@ -283,11 +283,9 @@ def restore(image, method: str, task: str, model: str | None = None, *, steps: i
         notes.append(f"{steps} steps is far below {method}'s useful range (>= {USEFUL_MIN_STEPS[method]}); "
                      f"expect a result worse than the input.")
     opts = method_options(method, options)
-    try:
-        noise_default = getattr(restorer.make_config(task, None), "noise_level", 0.0)
-    except RestoreKitError:
-        noise_default = 0.0
-    blind = restorer.is_blind(restorer.make_config(task, None, **opts))  # classical blind_wiener: no kernel
+    cfg = restorer.make_config(task, None, **opts)  # a bad option stops here, with its one-line error
+    noise_default = getattr(cfg, "noise_level", 0.0)  # the UI's options never set it
+    blind = restorer.is_blind(cfg)  # classical blind_wiener: no kernel
     if prepared is None:
         prepared = observe(x, task, d, seed, noise_default, blind)
     y, op, reference, hw = prepared

@@ -260,30 +260,27 @@ def _pool():
     return _POOL[1]
 
 
-#: byte offset (from the end) of the "a cached normal is waiting" flag in a CPU generator's state, or False when
-#: this torch's state layout was not recognised (then :func:`serial_normal` always declines)
-_CACHE_FLAG = None
+#: whether a CPU generator's state ends with the "a cached normal is waiting" flag at this byte from the end
+#: (``CPUGeneratorImplStateLegacy.normal_is_valid``, then the float-normal fields); checked once, see below
+_CACHE_FLAG_OFFSET = 16
+_CACHE_FLAG_OK = None
 
 
 def _cache_flag_offset():
-    """Find, once, where the CPU generator's state records a cached second Box-Muller value: the byte that is 1
-    after an odd number of serial normals and 0 after an even number (checked on two seeds)."""
-    global _CACHE_FLAG
-    if _CACHE_FLAG is None:
-        _CACHE_FLAG = False
-        for off in (16,):  # CPUGeneratorImplStateLegacy.normal_is_valid, then the float-normal fields
-            ok = True
-            for seed in (0, 1):
-                g = torch.Generator().manual_seed(seed)
-                torch.empty((1, 3, 3, 3), memory_format=torch.channels_last).normal_(generator=g)
-                odd = g.get_state()
-                torch.empty((1, 3, 3, 3), memory_format=torch.channels_last).normal_(generator=g)
-                even = g.get_state()
-                ok &= odd.numel() > off and int(odd[-off]) == 1 and int(even[-off]) == 0
-            if ok:
-                _CACHE_FLAG = off
-                break
-    return _CACHE_FLAG
+    """``_CACHE_FLAG_OFFSET`` if this torch keeps the flag there (the byte is 1 after an odd number of serial
+    normals and 0 after an even number, on two seeds), else ``False``; checked once."""
+    global _CACHE_FLAG_OK
+    if _CACHE_FLAG_OK is None:
+        off, ok = _CACHE_FLAG_OFFSET, True
+        for seed in (0, 1):
+            g = torch.Generator().manual_seed(seed)
+            torch.empty((1, 3, 3, 3), memory_format=torch.channels_last).normal_(generator=g)
+            odd = g.get_state()
+            torch.empty((1, 3, 3, 3), memory_format=torch.channels_last).normal_(generator=g)
+            even = g.get_state()
+            ok = ok and odd.numel() > off and int(odd[-off]) == 1 and int(even[-off]) == 0
+        _CACHE_FLAG_OK = ok
+    return _CACHE_FLAG_OFFSET if _CACHE_FLAG_OK else False
 
 
 def serial_normal(shape, generator: torch.Generator) -> torch.Tensor | None:
