@@ -11,6 +11,8 @@ Each trial calls :func:`diffpir_sample` directly, so it can try starting points 
   estimate.
 
     python benchmarks/diffpir_inpaint_trials.py --tune .rkdata/t91 --limit 8 --size 128
+    python benchmarks/diffpir_inpaint_trials.py --tune .rkdata/t91 --limit 4 --size 64 --sweep steps \
+        --out benchmarks/results/diffpir_inpaint_steps.md
 
 Writes ``--out`` (markdown) and prints each row as it finishes.
 """
@@ -37,6 +39,11 @@ TRIALS = [
     dict(start="biharmonic", avg=1, steps=130, noise_init_img=50, **CARD),
     dict(start="biharmonic", avg=4, steps=130, noise_init_img=50, **CARD),
 ]
+# --sweep steps: does a longer chain (more steps, or upstream's inner iterations iter_num_U) close the gap?
+STEP_TRIALS = [dict(start="masked", avg=1, steps=n, **CARD) for n in (30, 100, 300)] + [
+    dict(start="masked", avg=1, steps=100, iter_num_U=3, **CARD),
+    dict(start="masked", avg=1, steps=1000, **CARD),
+]
 
 
 def main(argv=None) -> int:
@@ -52,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--trials", default=None, help="JSON list of trials instead of the built-in ones")
+    ap.add_argument("--sweep", choices=["start", "steps"], default="start",
+                    help="built-in trials: 'start' (starting points, chain means) or 'steps' (chain length)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffpir_inpaint_trials.md"))
     args = ap.parse_args(argv)
 
@@ -68,7 +77,7 @@ def main(argv=None) -> int:
              f"{_machine(args.device)}, started {started}, load {os.getloadavg()[0]:.2f}", "",
              f"Biharmonic fill: {base:.2f} dB.", "",
              "| start | chains averaged | options | NFE | PSNR (dB) | vs biharmonic | seconds |", "|---|---|---|---|---|---|---|"]
-    for trial in (json.loads(args.trials) if args.trials else TRIALS):
+    for trial in (json.loads(args.trials) if args.trials else STEP_TRIALS if args.sweep == "steps" else TRIALS):
         opts = dict(trial)
         start, avg, steps = opts.pop("start"), opts.pop("avg"), opts.pop("steps")
         cfg = r.make_config("inpaint", steps, **opts)
@@ -86,8 +95,9 @@ def main(argv=None) -> int:
         lines.append(f"| {start} | {avg} | {shown} | {nfe} | {p:.2f} | {p - base:+.2f} | {time.time() - t0:.0f} |")
         print(lines[-1], flush=True)
         Path(args.out).write_text("\n".join(lines) + "\n")
+    sweep = f" --sweep {args.sweep}" if args.sweep != "start" and not args.trials else ""
     lines += ["", "Command: `python benchmarks/diffpir_inpaint_trials.py --tune .rkdata/t91 --limit "
-              f"{args.limit} --size {args.size}`"]
+              f"{args.limit} --size {args.size}{sweep}`"]
     Path(args.out).write_text("\n".join(lines) + "\n")
     return 0
 
