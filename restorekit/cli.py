@@ -505,8 +505,9 @@ def _classical_baseline(task, y, op, noise, reference, orig_hw):
 
 def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False) -> dict:
     """Read (and with --degrade degrade) one input: the observation ``y``, its operator and seed."""
+    degraded_save = None
     from .api import check_image_size, check_operator_fits
-    from .io import pad_to_multiple, read_image, read_kernel, read_mask, save_image
+    from .io import pad_to_multiple, read_image, read_kernel, read_mask
     from .operators import observed_operator, synthesize
 
     arr, info = first if first is not None else read_image(job.input)
@@ -530,8 +531,8 @@ def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False)
                            motion_intensity=args.motion_intensity, scale=args.scale,
                            sr_kernel_std=args.sr_kernel_std, mask=args.mask, mask_prob=args.mask_prob,
                            box_size=args.box_size, kernel_tensor=kernel_tensor, mask_tensor=mask_tensor)
-        save_image(degraded_path, y.clamp(0, 1), info if task != "inpaint" else None)
-        print(f"degraded input written to {degraded_path}", file=sys.stderr)
+        # written with the restoration (_finish_one), so that a run that fails writes nothing
+        degraded_save = (degraded_path, y.clamp(0, 1), info if task != "inpaint" else None)
     else:
         y = x
         op = observed_operator(
@@ -544,7 +545,7 @@ def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False)
     if task == "inpaint":
         check_operator_fits(op, y.shape[-2:])
     return {"job": job, "x": x, "y": y, "op": op, "seed": seed, "info": info, "reference": reference,
-            "orig_hw": orig_hw, "noise": noise}
+            "orig_hw": orig_hw, "noise": noise, "degraded_save": degraded_save}
 
 
 def _run_options(args, extra: dict) -> dict:
@@ -565,6 +566,9 @@ def _finish_one(args, restorer, cfg, prep: dict, result: torch.Tensor) -> dict:
     if not bool(torch.isfinite(result).all()):
         raise RestoreKitError(f"{method} produced non-finite values for {job.input} (nothing written); "
                               f"check the options")
+    if prep.get("degraded_save") and prep["degraded_save"][0] is not None:
+        save_image(*prep["degraded_save"])
+        print(f"degraded input written to {prep['degraded_save'][0]}", file=sys.stderr)
     save_image(job.output, result, info)
     card = restorer.card
     summary = {"input": str(job.input), "output": str(job.output), "method": method, "task": task, "seed": seed,
@@ -703,16 +707,36 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _sigterm_as_interrupt():
+    """``kill``/``timeout`` send SIGTERM: end like Ctrl-C, so that half-written temp files are removed."""
+    import signal
+    import threading
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv=None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
+    previous = _sigterm_as_interrupt()
     try:
         return args.func(args)
     except RestoreKitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        one_line = " ".join(str(e).split())  # e.g. a YAML parser's message spans lines
+        print(f"error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; no partial output was written", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,10 @@ def _split_channels(arr: np.ndarray) -> tuple[np.ndarray, int, np.ndarray | None
     raise ImageReadError(f"unsupported number of channels: {c}")
 
 
+# PIL's own decompression-bomb threshold (it warns above it and refuses above twice it)
+MAX_READ_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     """Read an image file as float32 RGB HxWx3 in [0, 1].
 
@@ -107,11 +112,31 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
         raise ImageReadError(f"input image not found: {p}")
     if p.is_dir():
         raise ImageReadError(f"input is a directory, not an image: {p}")
-    arr = None
+    arr, fmt = None, None
+    try:  # the header alone: refuse decompression bombs before anything decodes them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                fmt, (w, h) = im.format, im.size
+    except Image.DecompressionBombError:
+        w = h = -1
+    except (UnidentifiedImageError, OSError, ValueError):
+        w = h = 0
+    if w * h > MAX_READ_PIXELS or w < 0:
+        size = f"over {2 * MAX_READ_PIXELS / 1e6:.0f} M" if w < 0 else f"{w}x{h}"
+        raise ImageReadError(f"image {p} declares {size} pixels, over the {MAX_READ_PIXELS / 1e6:.0f} MP limit for "
+                             "reading (PIL's decompression-bomb limit)")
     if cv2 is not None:
         raw = np.fromfile(str(p), dtype=np.uint8)
         if raw.size:
-            arr = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+            try:
+                arr = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+            except cv2.error:
+                arr = None
+        if arr is None and fmt in ("PNG", "JPEG"):
+            # OpenCV reads every PNG and JPEG; one it refuses is damaged (e.g. too little pixel data), and PIL
+            # would fill the missing rows with black without a word
+            raise ImageReadError(f"cannot read image {p}: the {fmt} file is damaged or truncated")
         if arr is not None:
             if arr.ndim == 3 and arr.shape[2] == 3:
                 arr = arr[..., ::-1]
@@ -127,7 +152,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
                 elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     im = im.convert("RGB")
                 arr = np.asarray(im)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             raise ImageReadError(f"cannot read image {p}: not a supported image file ({e})") from None
     if arr.size == 0 or min(arr.shape[:2]) < 1:
         raise ImageReadError(f"image {p} is empty")

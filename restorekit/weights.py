@@ -382,12 +382,12 @@ def load_strict(module: torch.nn.Module, state_dict: dict, source: str, assign: 
     shape = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shape:
-        msg = [f"weights in {source} do not fit the network:"]
+        msg = []
         if missing:
-            msg.append(f"  {len(missing)} missing keys, e.g. {missing[:3]}")
+            msg.append(f"{len(missing)} missing keys, e.g. {missing[:3]}")
         if unexpected:
-            msg.append(f"  {len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
+            msg.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
         if shape:
-            msg.append(f"  {len(shape)} shape mismatches, e.g. {shape[:2]}")
-        raise WeightsError("\n".join(msg))
+            msg.append(f"{len(shape)} shape mismatches, e.g. {shape[:2]}")
+        raise WeightsError(f"weights in {source} do not fit the network: " + "; ".join(msg))
     module.load_state_dict(state_dict, strict=True, assign=assign)

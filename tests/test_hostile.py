@@ -64,6 +64,9 @@ def _run_error(capsys, argv, scene_dir, must_not_exist=()):
     (["--task", "colorize"], "does not do task"),
     (["--task", "deblur", "--degrade", "--device", "gpu"], "unknown device"),
     (["--task", "deblur", "--degrade", "--device", "cuda:7"], "cuda:7"),
+    # found only when sampling starts, after the degraded image was made: it must not be written either
+    (["--task", "deblur", "--degrade", "--steps", "2", "--opt", "t_start=99999"], "t_start must be in [0, 999]"),
+    (["--task", "deblur", "--degrade", "--opt", "noise_level_model=-1"], "noise_level_model must be >= 0"),
 ])
 def test_bad_options_exit_2_before_any_work(capsys, scene, extra, needle):
     tmp, img, common = scene
@@ -222,3 +225,69 @@ def test_to_moves_the_networks(restorer):
     assert all(p.device.type == "cpu" for p in restorer.unet.parameters())
     with pytest.raises(RestoreKitError, match="device"):
         restorer.to("gpu")
+
+
+def _png_declaring(path, w, h, rows):
+    """A PNG whose header says w x h (8-bit RGB) but whose pixel data holds only ``rows`` rows."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + bytes(3 * w) for _ in range(rows))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("w,h,rows,needle", [
+    (100_000, 100_000, 1, "over 179 M pixels"),      # OpenCV raised cv2.error (traceback)
+    (12_000, 12_000, 10, "12000x12000 pixels"),      # PIL decoded 144 MP of mostly zeros, then the run hung
+    (32, 32, 4, "damaged or truncated"),             # PIL filled 28 missing rows with black without a word
+])
+def test_decompression_bombs_and_short_pngs_are_refused(capsys, scene, w, h, rows, needle):
+    tmp, _, common = scene
+    bad = _png_declaring(tmp / "in" / "bad.png", w, h, rows)
+    out = tmp / "out"
+    msg = _run_error(capsys, ["run", "--method", "classical", "--task", "deblur", "--degrade", "--input", str(bad),
+                              "--output", str(out)], tmp, must_not_exist=[out])
+    assert needle in msg and "bad.png" in msg
+
+
+def test_weights_that_do_not_fit_give_one_line(capsys, scene, tiny_weights):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    tmp, img, _ = scene
+    sd = load_file(str(tiny_weights))
+    with safe_open(str(tiny_weights), "pt") as f:
+        meta = f.metadata()
+    sd.pop(sorted(sd)[0])
+    broken = tmp / "broken.safetensors"
+    save_file(sd, str(broken), metadata=meta)
+    out = tmp / "out"
+    msg = _run_error(capsys, ["run", "--task", "deblur", "--degrade", "--input", str(img), "--output", str(out),
+                              "--weights", str(broken), "--no-progress"], tmp, must_not_exist=[out])
+    assert "1 missing keys" in msg
+
+
+def test_sigterm_ends_like_ctrl_c_and_removes_the_half_written_file(capsys, tmp_path, monkeypatch):
+    import signal
+
+    from restorekit import cli
+    from restorekit.io import _atomic_write
+
+    target = tmp_path / "o.png"
+
+    def killed_while_writing(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half an image")
+        os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` or `kill` would
+
+    monkeypatch.setattr(cli, "cmd_models", lambda args: _atomic_write(target, killed_while_writing))
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["models"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the target nor its .part file
+    assert signal.getsignal(signal.SIGTERM) is before  # main puts the previous handler back

@@ -90,6 +90,12 @@ class DiffPIRConfig:
             raise ValueError(f"unknown skip_type {self.skip_type!r}; use 'quad' or 'uniform'")
         if int(self.iter_num_U) < 1 or int(self.inIter) < 0:
             raise ValueError("iter_num_U must be >= 1 and inIter >= 0")
+        if self.t_start is not None and int(self.t_start) < 0:
+            raise ValueError(f"t_start must be >= 0, got {self.t_start}")
+        if self.noise_level_model is not None and not float(self.noise_level_model) >= 0:
+            raise ValueError(f"noise_level_model must be >= 0, got {self.noise_level_model}")
+        if self.noise_init_img not in (None, "max") and not float(self.noise_init_img) >= 0:
+            raise ValueError(f"noise_init_img must be 'max' or >= 0 (0-255 scale), got {self.noise_init_img}")
 
 
 #: Official per-task defaults (main_ddpir_deblur.py; configs/sisr.yaml; configs/inpaint.yaml).
@@ -463,6 +469,8 @@ def diffpir_sample(x0_fn: Callable[[torch.Tensor, int], torch.Tensor], y: torch.
                         "reduced" if (mot == "pred_xstart" and mode == "DiffPIR") else "beta").to(device)
     if cfg.t_start is not None:
         t_start = int(cfg.t_start)
+        if not 0 <= t_start < T:
+            raise ValueError(f"t_start must be in [0, {T - 1}], got {cfg.t_start}")
     elif cfg.noise_init_img not in (None, "max"):
         t_start = find_nearest(reduced, 2 * float(cfg.noise_init_img) / 255)
     else:

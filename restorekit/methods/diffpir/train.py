@@ -102,10 +102,10 @@ def load_prior_config(path: str | Path) -> tuple[GuidedUNetConfig, dict]:
         text = p.read_text()
     except OSError as e:
         raise ConfigError(f"cannot read prior config {p}: {e}") from None
+    import yaml
+
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text) or {}
         else:
             data = {"unet": json.loads(text)}
@@ -116,7 +116,7 @@ def load_prior_config(path: str | Path) -> tuple[GuidedUNetConfig, dict]:
         bad = set(train) - set(TRAIN_DEFAULTS)
         if bad:
             raise ValueError(f"unknown train keys {sorted(bad)}; allowed: {sorted(TRAIN_DEFAULTS)}")
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, yaml.YAMLError) as e:
         raise ConfigError(f"bad prior config {p}: {e}") from None
     return cfg, train
 
@@ -142,6 +142,11 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
     from ...training import RandomStream, StepLoop
 
     cfg = config or DEMO_UNET
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("crop", crop)):
+        if int(value) < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if not float(lr) > 0:
+        raise ConfigError(f"lr must be > 0, got {lr}")
     if crop % cfg.size_multiple:
         raise ConfigError(f"crop size must be a multiple of {cfg.size_multiple}")
     if not float(t_power) > 0:
