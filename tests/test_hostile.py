@@ -291,3 +291,24 @@ def test_sigterm_ends_like_ctrl_c_and_removes_the_half_written_file(capsys, tmp_
     assert "interrupted" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # neither the target nor its .part file
     assert signal.getsignal(signal.SIGTERM) is before  # main puts the previous handler back
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--steps", "-1"], "steps must be >= 1"),  # wrote an untrained model with exit 0
+    (["--config", "BAD_YAML"], "bad prior config"),  # a 51-line traceback
+])
+def test_prior_training_refuses_bad_settings(capsys, tmp_path, extra, needle):
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(2):
+        _png(data / f"{k}.png", (64, 64), seed=k)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("unet:\n  output: [\n  x: 1\n")
+    out = tmp_path / "out" / "p.safetensors"
+    argv = ["train", "prior", "--data", str(data), "--output", str(out)] + [str(bad_yaml) if a == "BAD_YAML" else a
+                                                                          for a in extra]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err, err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+    assert not out.exists() and not out.parent.exists()
