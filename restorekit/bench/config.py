@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RestoreKitError
 from ..training import IMAGE_EXTS
 
 #: keys of a task entry that are not options of the degradation (``operators.synthesize``)
@@ -67,9 +67,17 @@ def load_bench_config(path) -> dict:
         raise ConfigError(f"cannot read benchmark config {path}: {e}") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"benchmark config {path} must be a mapping")
+    unknown = sorted(str(k) for k in set(cfg) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"benchmark config {path}: unknown key(s) {', '.join(unknown)}; allowed: "
+                          f"{', '.join(CONFIG_KEYS)}")
     for k in ("datasets", "tasks", "methods"):
         if not cfg.get(k):
             raise ConfigError(f"benchmark config {path} needs '{k}'")
+    if not isinstance(cfg["datasets"], dict) or not isinstance(cfg["tasks"], dict):
+        raise ConfigError(f"benchmark config {path}: 'datasets' and 'tasks' must be mappings (label: entry)")
+    if not isinstance(cfg["methods"], list) or not all(isinstance(m, dict) for m in cfg["methods"]):
+        raise ConfigError(f"benchmark config {path}: 'methods' must be a list of mappings")
     from ..operators.factory import TASKS
 
     for label, spec in cfg["tasks"].items():
@@ -79,18 +87,231 @@ def load_bench_config(path) -> dict:
         if kind not in TASKS:
             raise ConfigError(f"benchmark config {path}: task {label!r} is not one of {', '.join(TASKS)} "
                               f"(give 'task:' for a labelled entry)")
+        check_degradation(spec, f"benchmark config {path}: task {label!r}")
     for ds, spec in cfg["datasets"].items():
+        check_dataset(spec, f"benchmark config {path}: dataset {ds!r}")
         for t in (spec or {}).get("tasks", []) or []:
             if t not in cfg["tasks"]:
                 raise ConfigError(f"benchmark config {path}: dataset {ds!r} names unknown task {t!r}")
     for m in cfg["methods"]:
         if "method" not in m:
             raise ConfigError(f"benchmark config {path}: every method entry needs 'method'")
+        check_method(m, f"benchmark config {path}: method {m.get('name', m['method'])!r}")
         for t in m.get("tasks", []) or []:
             if t not in cfg["tasks"] and t not in TASKS:
                 raise ConfigError(f"benchmark config {path}: method {m.get('name', m['method'])!r} names unknown "
                                   f"task {t!r}")
+    cfg["seeds"] = check_seeds(cfg.get("seeds", [0]), f"benchmark config {path}")
+    check_metrics(cfg.get("metrics", ["psnr", "ssim", "lpips"]), f"benchmark config {path}")
+    if cfg.get("report") is not None and not isinstance(cfg["report"], dict):
+        raise ConfigError(f"benchmark config {path}: 'report' must be a mapping (grid_images, grid_tile)")
+    for k in ("name", "output", "device"):
+        if cfg.get(k) is not None and not isinstance(cfg[k], str):
+            raise ConfigError(f"benchmark config {path}: '{k}' must be text, got {cfg[k]!r}")
     return cfg
+
+
+# -- validation of the config's entries (before anything is degraded or written) --------------------------------
+
+#: top-level keys of a sweep config
+CONFIG_KEYS = ("name", "output", "device", "datasets", "tasks", "methods", "seeds", "metrics", "report")
+#: keys of a dataset entry / a method entry
+DATASET_KEYS = ("path", "pattern", "limit", "crop", "tasks")
+METHOD_KEYS = ("name", "method", "weights", "steps", "options", "tasks")
+#: keys of a task entry that describe its degradation from files
+FILE_KEYS = ("kernel_file", "kernel_index", "mask_file")
+CHOICES = {"kernel": ("gaussian", "motion"), "sr_mode": ("bicubic", "blur", "realesrgan"),
+           "mask": ("random", "box", "half", "extreme", "both")}
+
+
+def number(v, what: str, *, lo=None, hi=None, lo_open: bool = False, integer: bool = False):
+    """``v`` as a finite number in range, or a :class:`ConfigError` naming ``what``."""
+    import math
+
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{what} expects a {'whole ' if integer else ''}number, got {v!r}")
+    if not math.isfinite(v):
+        raise ConfigError(f"{what} must be a finite number, got {v}")
+    if integer and int(v) != v:
+        raise ConfigError(f"{what} expects a whole number, got {v}")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise ConfigError(f"{what} must be {'>' if lo_open else '>='} {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ConfigError(f"{what} must be <= {hi}, got {v}")
+    return int(v) if integer else v
+
+
+def degradation_keys() -> tuple:
+    import inspect
+
+    from ..operators.factory import make_operator
+
+    ops = [k for k in inspect.signature(make_operator).parameters
+           if k not in ("task", "hr_size", "kernel_tensor", "mask_tensor", "seed")]
+    return (*NON_DEGRADATION_KEYS, "noise", *FILE_KEYS, *ops)
+
+
+def check_degradation(spec: dict, where: str) -> None:
+    """A task entry: known keys, finite values in range (a NaN or negative noise is a config error)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a mapping of degradation options, got {spec!r}")
+    allowed = degradation_keys()
+    unknown = sorted(str(k) for k in set(spec) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    if "noise" in spec:
+        number(spec["noise"], f"{where}: noise", lo=0)
+    if spec.get("kernel_std") is not None:
+        number(spec["kernel_std"], f"{where}: kernel_std", lo=0, lo_open=True)
+    if "sr_kernel_std" in spec:
+        number(spec["sr_kernel_std"], f"{where}: sr_kernel_std", lo=0, lo_open=True)
+    if "kernel_size" in spec:
+        size = number(spec["kernel_size"], f"{where}: kernel_size", lo=1, integer=True)
+        if size % 2 == 0 or (spec.get("kernel") == "motion" and size < 3):
+            raise ConfigError(f"{where}: kernel_size must be an odd number"
+                              f"{' >= 3' if spec.get('kernel') == 'motion' else ''}, got {size}")
+    if "motion_intensity" in spec:
+        number(spec["motion_intensity"], f"{where}: motion_intensity", lo=0, hi=1)
+    if "scale" in spec:
+        number(spec["scale"], f"{where}: scale", lo=1, integer=True)
+    if "mask_prob" in spec:
+        number(spec["mask_prob"], f"{where}: mask_prob", lo=0, hi=1)
+    if "box_size" in spec:
+        number(spec["box_size"], f"{where}: box_size", lo=1, integer=True)
+    for k, choices in CHOICES.items():
+        if k in spec and spec[k] not in choices:
+            raise ConfigError(f"{where}: {k} {spec[k]!r}; choose {', '.join(choices)}")
+    idx = spec.get("kernel_index")
+    if idx is not None and idx != "by_image":
+        number(idx, f"{where}: kernel_index (or by_image)", lo=0, integer=True)
+    if "eval" in spec:
+        ev = spec["eval"] or {}
+        if not isinstance(ev, dict):
+            raise ConfigError(f"{where}: 'eval' must be a mapping (y_channel, border)")
+        try:
+            eval_convention(spec)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: 'eval' border must be a whole number") from None
+        if "border" in ev:
+            number(ev["border"], f"{where}: eval border", lo=0, integer=True)
+
+
+def check_dataset(spec, where: str) -> None:
+    if not isinstance(spec, dict) or "path" not in spec:
+        raise ConfigError(f"{where} must be a mapping with 'path'")
+    unknown = sorted(str(k) for k in set(spec) - set(DATASET_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DATASET_KEYS)}")
+    for k in ("limit", "crop"):
+        if spec.get(k) is not None:
+            number(spec[k], f"{where}: {k}", lo=1, integer=True)
+    if spec.get("pattern") is not None and not isinstance(spec["pattern"], str):
+        raise ConfigError(f"{where}: pattern must be text (a glob), got {spec['pattern']!r}")
+    if not isinstance(spec.get("tasks") or [], list):
+        raise ConfigError(f"{where}: tasks must be a list of task labels")
+
+
+def check_method(m: dict, where: str) -> None:
+    """A method entry: known keys and method, options a mapping, steps whole numbers >= 1. The options
+    themselves are checked against the method by :func:`check_method_options` once the items are known."""
+    from .peers import get_bench_method
+
+    unknown = sorted(str(k) for k in set(m) - set(METHOD_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(METHOD_KEYS)} "
+                          f"(method options go under 'options')")
+    if not isinstance(m["method"], str):
+        raise ConfigError(f"{where}: 'method' must be a method name, got {m['method']!r}")
+    try:
+        get_bench_method(m["method"])
+    except RestoreKitError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if not isinstance(m.get("options") or {}, dict):
+        raise ConfigError(f"{where}: 'options' must be a mapping, got {m['options']!r}")
+    steps = m.get("steps")
+    for s in steps if isinstance(steps, list) else [steps]:
+        if s is not None:
+            number(s, f"{where}: steps", lo=1, integer=True)
+    if not isinstance(m.get("tasks") or [], list):
+        raise ConfigError(f"{where}: tasks must be a list of task labels or kinds")
+    w = m.get("weights")
+    if w is not None and not isinstance(w, (str, dict)):
+        raise ConfigError(f"{where}: weights must be a name/path or a mapping task: weights, got {w!r}")
+
+
+def check_seeds(seeds, where: str) -> list:
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds:
+        raise ConfigError(f"{where}: 'seeds' must be a non-empty list of whole numbers >= 0, got {seeds!r}")
+    return [number(s, f"{where}: seed", lo=0, integer=True) for s in seeds]
+
+
+def check_metrics(metrics, where: str) -> None:
+    from .scoring import KNOWN
+
+    known = (*KNOWN, "fid")
+    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+        raise ConfigError(f"{where}: 'metrics' must be a list of metric names ({', '.join(known)})")
+    unknown = [m for m in metrics if m not in known]
+    if unknown:
+        raise ConfigError(f"{where}: unknown metric(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
+def check_method_options(items: list) -> None:
+    """Each method's options (and steps) against the method itself, for every task it runs, before anything runs.
+
+    Methods that need no weights (the classical baselines) build their settings here; deepinv's peers check
+    their option names. Methods with weights check theirs when loaded (:func:`runner.check_loaded_options`)."""
+    from .peers import PEERS, get_bench_method
+
+    seen = set()
+    instances: dict = {}
+    for it in items:
+        key = (it.method, it.method_name, it.kind, it.steps, json.dumps(it.options, sort_keys=True, default=str))
+        if key in seen:
+            continue
+        seen.add(key)
+        where = f"method {it.method!r} ({it.method_name}), task {it.task!r}"
+        if it.method_name in PEERS:
+            allowed = PEERS[it.method_name].options
+            unknown = sorted(set(it.options) - set(allowed))
+            if unknown:
+                raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; options are "
+                                  f"{', '.join(allowed)}")
+            continue
+        cls = get_bench_method(it.method_name)
+        if getattr(cls, "needs_weights", True):
+            continue
+        if it.method_name not in instances:
+            instances[it.method_name] = cls(device="cpu")
+        validate_options(instances[it.method_name], it, where)
+
+
+def validate_options(restorer, it: Item, where: str) -> None:
+    """``restorer.make_config`` for the item's task, steps and options; a refusal is a :class:`ConfigError`.
+
+    A classical algorithm that exists for another task only is not checked against this one: that item is
+    skipped when it runs (a method that cannot do a task)."""
+    kind = it.kind
+    algo = it.options.get("algorithm") if it.method_name == "classical" else None
+    if algo is not None:
+        from ..methods.classical.restorer import ALGORITHMS
+
+        if not isinstance(algo, str) or not any(algo in a for a in ALGORITHMS.values()):
+            raise ConfigError(f"{where}: classical algorithm {algo!r}; choose one of "
+                              + "; ".join(f"{t}: {', '.join(a)}" for t, a in ALGORITHMS.items()))
+        if algo not in ALGORITHMS.get(kind, ()):
+            kind = next(t for t, a in ALGORITHMS.items() if algo in a)
+    make = getattr(restorer, "make_config", None)
+    if make is None:
+        return
+    try:
+        make(kind, it.steps, **it.options)
+    except RestoreKitError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: bad option value ({e})") from None
 
 
 def task_kind(cfg: dict, label: str) -> str:

@@ -101,6 +101,7 @@ def _x_init(y, task, op):
 class _Peer:
     name = ""
     tasks: tuple = ()
+    options: tuple = ()  # the method options it takes (checked before a sweep runs)
     needs_grad = False
 
     def __init__(self, model, device):
@@ -146,6 +147,7 @@ class _Peer:
 class DeepinvDiffPIR(_Peer):
     name = "deepinv-diffpir"
     tasks = ("deblur", "sr", "inpaint", "denoise")
+    options = ("lambda_", "zeta")
 
     def _run(self, y, task, op, physics, steps, sigma, seed, options):
         import deepinv as dinv
@@ -166,6 +168,7 @@ class DeepinvDiffPIR(_Peer):
 class DeepinvDPS(_Peer):
     name = "deepinv-dps"
     tasks = ("deblur", "sr", "inpaint", "denoise")
+    options = ("weight",)
 
     def _run(self, y, task, op, physics, steps, sigma, seed, options):
         import deepinv as dinv

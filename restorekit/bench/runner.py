@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import RestoreKitError
+from ..errors import ConfigError, RestoreKitError
 from ..io import read_image, save_image
 from .config import dataset_images, expand_items, load_bench_config
 from .memory import PeakMemory
@@ -47,17 +47,29 @@ def run_bench(config_path, output: str | None = None, device: str | None = None,
               log=print) -> dict:
     from accelerate import PartialState
 
+    from ..api import resolve_device
+    from .config import check_method_options
+
+    # everything is checked before a folder is made or an image degraded
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"--limit must be a whole number >= 1 (the first N items), got {limit!r}")
     cfg = load_bench_config(config_path)
     base = Path(config_path).resolve().parent
     out = Path(output or cfg.get("output") or f"results/{cfg.get('name', 'bench')}")
-    dev = torch.device(device or cfg.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_output_folder(out)
+    dev = resolve_device(device or cfg.get("device"))
+    items = expand_items(cfg, base)
+    check_method_options(items)
     # several processes (accelerate launch / torchrun): GPUs get one device each; CPUs join a gloo group
     state = PartialState(cpu=dev.type == "cpu")
     if dev.type == "cuda" and state.num_processes > 1:
         dev = state.device
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "images").mkdir(exist_ok=True)
-    items = expand_items(cfg, base)
+    made = _missing_folders(out / "images")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "images").mkdir(exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the results folder {out}: {e.strerror or e}") from None
     from .peers import PEERS
 
     missing = sorted({it.method_name for it in items if it.method_name in PEERS and not PEERS[it.method_name].available()})
@@ -84,12 +96,38 @@ def run_bench(config_path, output: str | None = None, device: str | None = None,
         raise RestoreKitError(problem)
     try:
         return _run_locked(cfg, base, out, dev, state, items, log)
+    except ConfigError:
+        lock.release()
+        _remove_if_empty(made)  # refused before anything was written: leave no folder
+        raise
     finally:
         lock.release()
 
 
+def check_output_folder(out: Path) -> None:
+    """The results folder is a folder, or can be made: no part of its path is a file."""
+    for p in [out, *out.parents]:
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"lies under the file {p}"
+                raise ConfigError(f"results folder {out} {what}; choose another --output")
+            return
+
+
+def _missing_folders(out: Path) -> list:
+    return [p for p in [out, *out.parents] if not p.exists()]
+
+
+def _remove_if_empty(folders) -> None:
+    for p in sorted(set(folders), key=lambda q: len(q.parts), reverse=True):
+        try:
+            p.rmdir()
+        except OSError:
+            pass  # not empty, or already gone
+
+
 def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
-    from .config import eval_convention
+    from .config import eval_convention, validate_options
     from .peers import PEERS, get_bench_method
     from .scoring import describe, score
 
@@ -98,10 +136,20 @@ def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
     done = read_records(out)
     mine = [it for i, it in enumerate(items) if i % state.num_processes == state.process_index]
     todo = [it for it in mine if it.key not in done]
+    restorers: dict = {}
+    # methods with weights: loaded and their options checked before the first image is degraded
+    checked: set = set()
+    for it in todo:
+        rkey = (it.method_name, it.weights)
+        if rkey not in restorers:
+            restorers[rkey] = get_bench_method(it.method_name).from_pretrained(it.weights, device=dev)
+        ckey = (rkey, it.method, it.kind, it.steps, json.dumps(it.options, sort_keys=True, default=str))
+        if ckey not in checked and it.method_name not in PEERS:
+            checked.add(ckey)
+            validate_options(restorers[rkey], it, f"method {it.method!r} ({it.method_name}), task {it.task!r}")
     log(f"bench: {len(items)} items, {len(items) - len([i for i in items if i.key not in done])} already done, "
         f"{len(todo)} to run on rank {state.process_index}")
     metrics = tuple(m for m in cfg.get("metrics", ["psnr", "ssim", "lpips"]) if m != "fid")
-    restorers: dict = {}
     notes: set = set()
     rec_path = out / f"records-{state.process_index}.jsonl"
     ds_specs = cfg["datasets"]
