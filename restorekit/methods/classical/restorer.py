@@ -107,7 +107,7 @@ class Classical(Restorer):
                 raise TaskError("classical inpainting needs operator=Inpainting(mask) (CLI: --mask-file)")
             mask = (operator.mask[0, 0] > 0.5).numpy() if operator.mask.shape[1] == 1 else (
                 operator.mask[0].min(0).values > 0.5).numpy()
-            out = inpaint(y, mask, cfg.algorithm)
+            out = inpaint(y, mask, cfg.algorithm, per_channel=operator.mask.shape[1] > 1)
         else:
             out = bm3d_denoise(y, cfg.noise_level)
         if progress is not None:
@@ -196,10 +196,18 @@ def tv_deconvolve(y: torch.Tensor, kernel: torch.Tensor, sigma: float, weight: f
 
 
 # ----------------------------------------------------------------------------- inpainting
-def inpaint(y: torch.Tensor, known: np.ndarray, algorithm: str = "biharmonic") -> torch.Tensor:
+def inpaint(y: torch.Tensor, known: np.ndarray, algorithm: str = "biharmonic", per_channel: bool = False
+            ) -> torch.Tensor:
+    """Fill the pixels where ``known`` is False from those where it is True."""
     img = y[0].permute(1, 2, 0).numpy()
     if known.all():
         return y.clone()
+    if not known.any():
+        # both algorithms interpolate from observed pixels: biharmonic fails on an empty set, harmonic fill's
+        # system is singular (a constant is as good as any other)
+        where = "no pixel is 1 in every channel" if per_channel else "it is 0 everywhere"
+        raise TaskError(f"the inpainting mask observes no pixel (white/1 = observed, black/0 = missing; {where}): "
+                        f"classical {algorithm} needs observed pixels to fill from")
     if algorithm == "biharmonic":
         from skimage.restoration import inpaint_biharmonic
 
@@ -240,11 +248,64 @@ def harmonic_fill(img: np.ndarray, known: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- denoising
+#: the opponent colour transform of ``bm3d.bm3d_rgb`` (colorspace='opp') and its inverse
+_OPP = np.array([[1 / 3, 1 / 3, 1 / 3], [0.5, 0, -0.5], [0.25, -0.5, 0.25]])
+_OPP_INV = np.array([[1, 1, 2 / 3], [1, 0, -4 / 3], [1, -1, 2 / 3]])
+
+
+def bm3d_min_size() -> int:
+    """The smallest side this module hands to BM3D: its block size + 1. bm3d refuses images smaller than a block
+    and its native code crashes (segmentation fault, bm3d 4.0.3) on an image of exactly one block (8x8)."""
+    import bm3d
+
+    pro = bm3d.BM3DProfile()
+    return int(max(pro.bs_ht, pro.bs_wiener)) + 1
+
+
 def bm3d_denoise(y: torch.Tensor, sigma: float) -> torch.Tensor:
+    """BM3D with scalar noise std ``sigma`` (on the [0, 1] scale).
+
+    Colour images go through ``bm3d.bm3d_rgb``'s steps (opponent transform, each channel normalised to [0, 1] by
+    its range, the std scaled to match), done here so that a channel of zero range -- a flat image, or the chroma
+    of a grey image -- is left unscaled instead of divided by 0 (it is constant, and BM3D returns it unchanged).
+    A side shorter than :func:`bm3d_min_size` is symmetric-padded to it and cropped back (a 1x1 image becomes a flat
+    one, returned unchanged).
+    """
     try:
         import bm3d
     except ImportError:
         raise TaskError("BM3D needs the 'bm3d' package: pip install 'restorekit[classical]'") from None
-    img = y[0].permute(1, 2, 0).numpy()
-    out = bm3d.bm3d_rgb(img, max(sigma, 1e-4))
-    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float64)).permute(2, 0, 1)[None]
+    img = y[0].permute(1, 2, 0).numpy().astype(np.float64)
+    h, w, c = img.shape
+    if h * w == 0 or c == 0:
+        raise TaskError(f"BM3D: empty image ({h}x{w}x{c})")
+    sigma = max(float(sigma), 1e-4)
+    # symmetric padding up to the size BM3D works on
+    n = bm3d_min_size()
+    ph, pw = max(n - h, 0), max(n - w, 0)
+    if ph or pw:
+        img = np.pad(img, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="symmetric")
+    fwd, inv = (_OPP, _OPP_INV) if c == 3 else (np.eye(c), np.eye(c))
+    o = img.reshape(-1, c) @ fwd.T
+    lo, hi = o.min(0), o.max(0)
+    rng = hi - lo
+    flat = rng <= 1e-8
+    rng = np.where(flat, 1.0, rng)  # a constant channel: nothing to normalise
+    z = ((o - lo) / rng).reshape(img.shape)
+    stds = sigma * np.sqrt((fwd.T ** 2).sum(0)) / rng
+    est = None
+    if c > 1 and not flat[0]:
+        try:  # block matching on channel 0, shared by the others (as bm3d_rgb)
+            est = np.asarray(bm3d.bm3d(z, list(stds)), dtype=np.float64)
+        except ValueError:
+            # bm4d returns no block matches when channel 0's first-stage estimate is flat; go channel by channel
+            est = None
+    if est is None:
+        # channel by channel; a constant channel is its own BM3D estimate (and channel 0 constant would break
+        # bm4d's multichannel path, which needs its block matches)
+        est = z.copy()
+        for i in np.flatnonzero(~flat):
+            est[:, :, i] = bm3d.bm3d(z[:, :, i], float(stds[i]))
+    out = (est.reshape(-1, c) * rng + lo) @ inv.T
+    out = out.reshape(img.shape)[ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
+    return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)[None]
