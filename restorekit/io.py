@@ -396,6 +396,8 @@ def read_kernel(path: str | os.PathLike) -> torch.Tensor:
 def read_mask(path: str | os.PathLike, h: int, w: int) -> torch.Tensor:
     """An inpainting mask image (white = known pixels: channel mean > 0.5) -> (1, 1, h, w) float32 tensor of 0/1;
     a mask of another size than ``h`` x ``w`` is a :class:`TaskError`."""
+    if not Path(path).exists():
+        raise ImageReadError(f"mask file not found: {path}")
     arr, _ = read_image(path)
     m = (arr.mean(axis=2) > 0.5).astype(np.float32)
     if m.shape != (h, w):

@@ -312,3 +312,11 @@ def test_prior_training_refuses_bad_settings(capsys, tmp_path, extra, needle):
     assert rc == 2 and needle in err and "Traceback" not in err, err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
     assert not out.exists() and not out.parent.exists()
+
+
+def test_missing_mask_file_is_named_as_a_mask(capsys, scene):
+    tmp, img, common = scene
+    out = tmp / "out"
+    msg = _run_error(capsys, ["run", "--method", "classical", "--task", "inpaint", "--input", str(img),
+                              "--mask-file", str(tmp / "nope.png"), "--output", str(out)], tmp, must_not_exist=[out])
+    assert "mask file not found" in msg and "nope.png" in msg  # was "input image not found"
