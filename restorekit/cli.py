@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .errors import RestoreKitError, TaskError
+from .errors import RestoreKitError, TaskError, check_number
 
 def _add_run(sub):
     p = sub.add_parser("run", help="restore an image, a folder, a glob or a list of images",
@@ -265,22 +266,9 @@ def _merge_opts(args) -> dict:
 
 def _number(args, name: str, flag: str, kind=float, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
     v = getattr(args, name, None)
-    if v is None:
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise RestoreKitError(f"{flag} expects a number, got {v!r}")
-    if not math.isfinite(v):
-        raise RestoreKitError(f"{flag} must be a finite number, got {v}")
-    if kind is int and float(v) != int(v):
-        raise RestoreKitError(f"{flag} expects a whole number, got {v}")
-    bad = (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and (v > hi or (hi_open and v == hi)))
-    if bad:
-        lo_s = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
-        hi_s = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
-        rng = f"in {lo_s}, {hi_s}" if lo is not None and hi is not None else (
-            f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else f"{'<' if hi_open else '<='} {hi:g}")
-        raise RestoreKitError(f"{flag} must be {rng}, got {v}")
-    setattr(args, name, kind(v))
+    if v is not None:
+        setattr(args, name, kind(check_number(v, flag, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open,
+                                              integer=kind is int)))
 
 
 def _check_numbers(args) -> None:
@@ -505,7 +493,6 @@ def _classical_baseline(task, y, op, noise, reference, orig_hw):
 
 def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False) -> dict:
     """Read (and with --degrade degrade) one input: the observation ``y``, its operator and seed."""
-    degraded_save = None
     from .api import check_image_size, check_operator_fits
     from .io import pad_to_multiple, read_image, read_kernel, read_mask
     from .operators import observed_operator, synthesize
@@ -518,7 +505,7 @@ def _prepare_one(args, cfg, job, degraded_path, first=None, blind: bool = False)
     orig_hw = tuple(x.shape[-2:])
     f = args.scale if (task == "sr" and not args.degrade) else 1
     check_image_size(method, x.shape[-2] * f, x.shape[-1] * f, args.max_megapixels)
-    noise = 0.0
+    noise, degraded_save = 0.0, None
     if args.degrade:
         reference = x
         if task == "sr":
@@ -566,7 +553,7 @@ def _finish_one(args, restorer, cfg, prep: dict, result: torch.Tensor) -> dict:
     if not bool(torch.isfinite(result).all()):
         raise RestoreKitError(f"{method} produced non-finite values for {job.input} (nothing written); "
                               f"check the options")
-    if prep.get("degraded_save") and prep["degraded_save"][0] is not None:
+    if prep["degraded_save"]:
         save_image(*prep["degraded_save"])
         print(f"degraded input written to {prep['degraded_save'][0]}", file=sys.stderr)
     save_image(job.output, result, info)
@@ -707,8 +694,10 @@ def cmd_models(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """``kill``/``timeout`` send SIGTERM: end like Ctrl-C, so that half-written temp files are removed."""
+    """``kill``/``timeout`` send SIGTERM: end like Ctrl-C, so that half-written temp files are removed. The
+    previous handler is back afterwards (``main`` may run inside another program); off the main thread, no-op."""
     import signal
     import threading
 
@@ -716,17 +705,20 @@ def _sigterm_as_interrupt():
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler)
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv=None) -> int:
-    import signal
-
     args = build_parser().parse_args(argv)
-    previous = _sigterm_as_interrupt()
     try:
-        return args.func(args)
+        with _sigterm_as_interrupt():
+            return args.func(args)
     except RestoreKitError as e:
         one_line = " ".join(str(e).split())  # e.g. a YAML parser's message spans lines
         print(f"error: {one_line}", file=sys.stderr)
@@ -734,9 +726,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; no partial output was written", file=sys.stderr)
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

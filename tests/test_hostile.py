@@ -320,3 +320,15 @@ def test_missing_mask_file_is_named_as_a_mask(capsys, scene):
     msg = _run_error(capsys, ["run", "--method", "classical", "--task", "inpaint", "--input", str(img),
                               "--mask-file", str(tmp / "nope.png"), "--output", str(out)], tmp, must_not_exist=[out])
     assert "mask file not found" in msg and "nope.png" in msg  # was "input image not found"
+
+
+def test_truncated_jpeg_is_refused(capsys, scene):
+    tmp, _, _ = scene
+    good = tmp / "whole.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(good, quality=90)
+    bad = tmp / "in" / "half.jpg"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    out = tmp / "out"
+    msg = _run_error(capsys, ["run", "--method", "classical", "--task", "deblur", "--degrade", "--input", str(bad),
+                              "--output", str(out)], tmp, must_not_exist=[out])
+    assert "JPEG file is damaged or truncated" in msg and "half.jpg" in msg

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, RestoreKitError
+from ..errors import ConfigError, RestoreKitError, check_number
 from ..training import IMAGE_EXTS
 
 #: keys of a task entry that are not options of the degradation (``operators.synthesize``)
@@ -124,23 +124,6 @@ CHOICES = {"kernel": ("gaussian", "motion"), "sr_mode": ("bicubic", "blur", "rea
            "mask": ("random", "box", "half", "extreme", "both")}
 
 
-def number(v, what: str, *, lo=None, hi=None, lo_open: bool = False, integer: bool = False):
-    """``v`` as a finite number in range, or a :class:`ConfigError` naming ``what``."""
-    import math
-
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"{what} expects a {'whole ' if integer else ''}number, got {v!r}")
-    if not math.isfinite(v):
-        raise ConfigError(f"{what} must be a finite number, got {v}")
-    if integer and int(v) != v:
-        raise ConfigError(f"{what} expects a whole number, got {v}")
-    if lo is not None and (v <= lo if lo_open else v < lo):
-        raise ConfigError(f"{what} must be {'>' if lo_open else '>='} {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise ConfigError(f"{what} must be <= {hi}, got {v}")
-    return int(v) if integer else v
-
-
 def degradation_keys() -> tuple:
     import inspect
 
@@ -160,30 +143,30 @@ def check_degradation(spec: dict, where: str) -> None:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
     if "noise" in spec:
-        number(spec["noise"], f"{where}: noise", lo=0)
+        check_number(spec["noise"], f"{where}: noise", lo=0)
     if spec.get("kernel_std") is not None:
-        number(spec["kernel_std"], f"{where}: kernel_std", lo=0, lo_open=True)
+        check_number(spec["kernel_std"], f"{where}: kernel_std", lo=0, lo_open=True)
     if "sr_kernel_std" in spec:
-        number(spec["sr_kernel_std"], f"{where}: sr_kernel_std", lo=0, lo_open=True)
+        check_number(spec["sr_kernel_std"], f"{where}: sr_kernel_std", lo=0, lo_open=True)
     if "kernel_size" in spec:
-        size = number(spec["kernel_size"], f"{where}: kernel_size", lo=1, integer=True)
+        size = check_number(spec["kernel_size"], f"{where}: kernel_size", lo=1, integer=True)
         if size % 2 == 0 or (spec.get("kernel") == "motion" and size < 3):
             raise ConfigError(f"{where}: kernel_size must be an odd number"
                               f"{' >= 3' if spec.get('kernel') == 'motion' else ''}, got {size}")
     if "motion_intensity" in spec:
-        number(spec["motion_intensity"], f"{where}: motion_intensity", lo=0, hi=1)
+        check_number(spec["motion_intensity"], f"{where}: motion_intensity", lo=0, hi=1)
     if "scale" in spec:
-        number(spec["scale"], f"{where}: scale", lo=1, integer=True)
+        check_number(spec["scale"], f"{where}: scale", lo=1, integer=True)
     if "mask_prob" in spec:
-        number(spec["mask_prob"], f"{where}: mask_prob", lo=0, hi=1)
+        check_number(spec["mask_prob"], f"{where}: mask_prob", lo=0, hi=1)
     if "box_size" in spec:
-        number(spec["box_size"], f"{where}: box_size", lo=1, integer=True)
+        check_number(spec["box_size"], f"{where}: box_size", lo=1, integer=True)
     for k, choices in CHOICES.items():
         if k in spec and spec[k] not in choices:
             raise ConfigError(f"{where}: {k} {spec[k]!r}; choose {', '.join(choices)}")
     idx = spec.get("kernel_index")
     if idx is not None and idx != "by_image":
-        number(idx, f"{where}: kernel_index (or by_image)", lo=0, integer=True)
+        check_number(idx, f"{where}: kernel_index (or by_image)", lo=0, integer=True)
     if "eval" in spec:
         ev = spec["eval"] or {}
         if not isinstance(ev, dict):
@@ -193,7 +176,7 @@ def check_degradation(spec: dict, where: str) -> None:
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: 'eval' border must be a whole number") from None
         if "border" in ev:
-            number(ev["border"], f"{where}: eval border", lo=0, integer=True)
+            check_number(ev["border"], f"{where}: eval border", lo=0, integer=True)
 
 
 def check_dataset(spec, where: str) -> None:
@@ -204,7 +187,7 @@ def check_dataset(spec, where: str) -> None:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(DATASET_KEYS)}")
     for k in ("limit", "crop"):
         if spec.get(k) is not None:
-            number(spec[k], f"{where}: {k}", lo=1, integer=True)
+            check_number(spec[k], f"{where}: {k}", lo=1, integer=True)
     if spec.get("pattern") is not None and not isinstance(spec["pattern"], str):
         raise ConfigError(f"{where}: pattern must be text (a glob), got {spec['pattern']!r}")
     if not isinstance(spec.get("tasks") or [], list):
@@ -231,7 +214,7 @@ def check_method(m: dict, where: str) -> None:
     steps = m.get("steps")
     for s in steps if isinstance(steps, list) else [steps]:
         if s is not None:
-            number(s, f"{where}: steps", lo=1, integer=True)
+            check_number(s, f"{where}: steps", lo=1, integer=True)
     if not isinstance(m.get("tasks") or [], list):
         raise ConfigError(f"{where}: tasks must be a list of task labels or kinds")
     w = m.get("weights")
@@ -244,7 +227,7 @@ def check_seeds(seeds, where: str) -> list:
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds:
         raise ConfigError(f"{where}: 'seeds' must be a non-empty list of whole numbers >= 0, got {seeds!r}")
-    return [number(s, f"{where}: seed", lo=0, integer=True) for s in seeds]
+    return [check_number(s, f"{where}: seed", lo=0, integer=True) for s in seeds]
 
 
 def check_metrics(metrics, where: str) -> None:
@@ -262,13 +245,13 @@ def check_method_options(items: list) -> None:
     """Each method's options (and steps) against the method itself, for every task it runs, before anything runs.
 
     Methods that need no weights (the classical baselines) build their settings here; deepinv's peers check
-    their option names. Methods with weights check theirs when loaded (:func:`runner.check_loaded_options`)."""
+    their option names. Methods with weights check theirs once loaded, before the first image (``runner``)."""
     from .peers import PEERS, get_bench_method
 
     seen = set()
     instances: dict = {}
     for it in items:
-        key = (it.method, it.method_name, it.kind, it.steps, json.dumps(it.options, sort_keys=True, default=str))
+        key = option_key(it)
         if key in seen:
             continue
         seen.add(key)
@@ -286,6 +269,12 @@ def check_method_options(items: list) -> None:
         if it.method_name not in instances:
             instances[it.method_name] = cls(device="cpu")
         validate_options(instances[it.method_name], it, where)
+
+
+def option_key(it: Item) -> tuple:
+    """What an item's option check depends on: items with equal keys need checking once."""
+    options = json.dumps(it.options, sort_keys=True, default=str)
+    return (it.method, it.method_name, it.weights, it.kind, it.steps, options)
 
 
 def validate_options(restorer, it: Item, where: str) -> None:

@@ -127,7 +127,7 @@ def _remove_if_empty(folders) -> None:
 
 
 def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
-    from .config import eval_convention, validate_options
+    from .config import eval_convention, option_key, validate_options
     from .peers import PEERS, get_bench_method
     from .scoring import describe, score
 
@@ -143,7 +143,7 @@ def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
         rkey = (it.method_name, it.weights)
         if rkey not in restorers:
             restorers[rkey] = get_bench_method(it.method_name).from_pretrained(it.weights, device=dev)
-        ckey = (rkey, it.method, it.kind, it.steps, json.dumps(it.options, sort_keys=True, default=str))
+        ckey = option_key(it)
         if ckey not in checked and it.method_name not in PEERS:
             checked.add(ckey)
             validate_options(restorers[rkey], it, f"method {it.method!r} ({it.method_name}), task {it.task!r}")

@@ -90,8 +90,6 @@ class DiffPIRConfig:
             raise ValueError(f"unknown skip_type {self.skip_type!r}; use 'quad' or 'uniform'")
         if int(self.iter_num_U) < 1 or int(self.inIter) < 0:
             raise ValueError("iter_num_U must be >= 1 and inIter >= 0")
-        if self.t_start is not None and int(self.t_start) < 0:
-            raise ValueError(f"t_start must be >= 0, got {self.t_start}")
         if self.noise_level_model is not None and not float(self.noise_level_model) >= 0:
             raise ValueError(f"noise_level_model must be >= 0, got {self.noise_level_model}")
         if self.noise_init_img not in (None, "max") and not float(self.noise_init_img) >= 0:
