@@ -164,10 +164,17 @@ def _add_models(sub):
     p.set_defaults(func=cmd_models)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr, exit code 2 (argparse prints its usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    ap = argparse.ArgumentParser(prog="restorekit", description="Diffusion image restoration (DiffPIR, ...)")
+    ap = _Parser(prog="restorekit", description="Diffusion image restoration (DiffPIR, ...)")
     ap.add_argument("--version", action="version", version=f"restorekit {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     _add_run(sub)
@@ -348,7 +355,7 @@ def _rank_world() -> tuple[int, int]:
 
 def cmd_run(args) -> int:
     from .api import check_image_size
-    from .files import check_not_inputs, check_writable, collect_inputs, plan_outputs
+    from .files import check_not_inputs, check_writable, collect_inputs, degraded_name, plan_outputs
     from .io import read_image, read_kernel
     from .registry import get_method
 
@@ -373,7 +380,7 @@ def cmd_run(args) -> int:
     if args.degrade:
         for j in jobs:
             degraded[j.input] = (Path(args.save_degraded) if args.save_degraded
-                                 else j.output.with_name(j.output.stem + "_degraded.png"))
+                                 else degraded_name(j.output))
     outputs = [j.output for j in jobs] + list(degraded.values())
     check_not_inputs(outputs, [j.input for j in jobs], args.overwrite)
     for o in outputs:
@@ -419,7 +426,11 @@ def cmd_run(args) -> int:
         if load_kw and "torch_dtype" in str(e):
             raise RestoreKitError(f"method {args.method!r} does not support --precision {args.precision}") from None
         raise
-    card = restorer.card
+    extra = _coerce_extra(restorer, args.task, extra)
+    cfg = restorer.make_config(args.task, args.steps, lambda_=args.lambda_, zeta=args.zeta, eta=args.eta,
+                               skip_type=args.skip_type, noise_level=args.noise,
+                               use_last_x0=args.use_last_x0, **extra)
+    card = restorer.card  # after the options are checked: a wrong option is the only line printed
     if card is not None and card.demo:
         print(f"NOTE: using the bundled DEMO model '{card.name}' - demo quality only. For real results pass "
               f"--weights with an official model (see 'restorekit models').", file=sys.stderr)
@@ -428,10 +439,6 @@ def cmd_run(args) -> int:
             restorer.compile()
         except RestoreKitError as e:
             print(f"note: {e}; running without torch.compile", file=sys.stderr)
-    extra = _coerce_extra(restorer, args.task, extra)
-    cfg = restorer.make_config(args.task, args.steps, lambda_=args.lambda_, zeta=args.zeta, eta=args.eta,
-                               skip_type=args.skip_type, noise_level=args.noise,
-                               use_last_x0=args.use_last_x0, **extra)
 
     from tqdm.auto import tqdm
 

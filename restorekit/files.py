@@ -97,7 +97,10 @@ def means_folder(out: str | os.PathLike) -> bool:
 def plan_outputs(jobs: list[Job], output: str | os.PathLike, single: bool, method: str, task: str) -> bool:
     """Fill ``job.output``; returns True when ``output`` is a folder.
 
-    In a folder, result names are ``<stem>_<method>_<task>.png`` under the input's relative sub-folder.
+    In a folder, result names are ``<stem>_<method>_<task>.png`` under the input's relative sub-folder. When the
+    output folder is (or lies in) the input folder, the run's own results from an earlier run (and their
+    ``--degrade`` companions, :func:`degraded_name`) are not inputs: they are dropped from ``jobs`` (in place, the
+    others re-numbered), so that the run resumes where it stopped, with the same seeds.
     """
     text = str(output)
     out = Path(text)
@@ -108,6 +111,11 @@ def plan_outputs(jobs: list[Job], output: str | os.PathLike, single: bool, metho
                                   f"need a folder there")
         for j in jobs:
             j.output = out / j.rel.parent / f"{j.rel.stem}_{method}_{task}.png"
+        if not single:
+            own = {q.resolve() for j in jobs for q in (j.output, degraded_name(j.output))}
+            jobs[:] = [j for j in jobs if j.input.resolve() not in own]
+            for k, j in enumerate(jobs):
+                j.index = k
     else:
         if out.suffix.lower() not in IMAGE_SUFFIXES:
             raise RestoreKitError(f"cannot write {out}: use one of {' '.join(IMAGE_SUFFIXES)}, or a folder")
@@ -118,6 +126,11 @@ def plan_outputs(jobs: list[Job], output: str | os.PathLike, single: bool, metho
             raise RestoreKitError(f"{j.input} and {names[j.output]} would both be written to {j.output}")
         names[j.output] = j.input
     return folder
+
+
+def degraded_name(output: Path) -> Path:
+    """Where ``--degrade`` puts the degraded input beside the result ``output``."""
+    return output.with_name(output.stem + "_degraded.png")
 
 
 def _nearest_existing(p: Path) -> Path:

@@ -9,7 +9,9 @@ files are written back as 16-bit.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -100,6 +102,27 @@ def _split_channels(arr: np.ndarray) -> tuple[np.ndarray, int, np.ndarray | None
 MAX_READ_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 goes to the null device meanwhile: C libraries (libpng's "Not enough image data", OpenCV's
+    WARN lines) write there directly, past ``sys.stderr``. Python-level output is not touched."""
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (e.g. a GUI process): nothing to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     """Read an image file as float32 RGB HxWx3 in [0, 1].
 
@@ -129,10 +152,11 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     if cv2 is not None:
         raw = np.fromfile(str(p), dtype=np.uint8)
         if raw.size:
-            try:
-                arr = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
-            except cv2.error:
-                arr = None
+            with _native_stderr_silenced():  # libpng / OpenCV print their own lines before our one-line error
+                try:
+                    arr = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+                except cv2.error:
+                    arr = None
         if arr is None and fmt in ("PNG", "JPEG"):
             # OpenCV reads every PNG and JPEG; one it refuses is damaged (e.g. too little pixel data), and PIL
             # would fill the missing rows with black without a word

@@ -115,3 +115,12 @@ def test_unknown_option_of_a_method_with_weights(tmp_path, capsys, tiny_weights)
     rc, err = _run(tmp_path, capsys, cfg)
     _assert_refused(rc, err, tmp_path / "res", "nosuchopt")
     assert not (tmp_path / "res").exists()
+
+
+def test_an_unreadable_dataset_image_stops_the_sweep_before_it_starts(tmp_path, capsys):
+    """It used to end the sweep halfway, after the readable images before it had been run."""
+    cfg = _base(tmp_path)
+    (tmp_path / "imgs" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    rc, err = _run(tmp_path, capsys, cfg)
+    _assert_refused(rc, err, tmp_path / "res", "b.png")
+    assert "dataset 'd'" in err

@@ -52,6 +52,25 @@ def test_folder_keeps_layout_seeds_and_skips(tmp_path, photos, tiny_weights, cap
     assert (out / "a_diffpir_deblur.png").stat().st_mtime_ns == stamp
 
 
+def test_results_in_the_input_folder_resume_in_place(tmp_path, photos, tiny_weights, capsys):
+    """--output equal to the input folder: a rerun finds its own results (and --degrade companions) there; they are
+    not inputs, so it skips what is done and redoes a deleted result with the seed it had."""
+    args = ["run", "--input", str(photos), "--output", str(photos)] + _common(tiny_weights)
+    assert main(args) == 0
+    made = sorted(p.name for p in photos.glob("*_diffpir_deblur*.png"))
+    assert made == ["a_diffpir_deblur.png", "a_diffpir_deblur_degraded.png", "b_diffpir_deblur.png",
+                    "b_diffpir_deblur_degraded.png"]
+    b_first = np.asarray(Image.open(photos / "b_diffpir_deblur.png"))
+    (photos / "b_diffpir_deblur.png").unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "1 of 2 images already restored" in err and "1 images restored" in err
+    assert sorted(p.name for p in photos.glob("*_diffpir_deblur*.png")) == made  # nothing restored twice
+    assert np.array_equal(np.asarray(Image.open(photos / "b_diffpir_deblur.png")), b_first)  # same seed (index 1)
+    assert main(args) == 0 and "nothing to do" in capsys.readouterr().err
+
+
 def test_non_recursive_glob_and_list(tmp_path, photos, tiny_weights):
     out1 = tmp_path / "o1"
     assert main(["run", "--input", str(photos), "--output", str(out1)] + _common(tiny_weights)) == 0

@@ -332,3 +332,30 @@ def test_truncated_jpeg_is_refused(capsys, scene):
     msg = _run_error(capsys, ["run", "--method", "classical", "--task", "deblur", "--degrade", "--input", str(bad),
                               "--output", str(out)], tmp, must_not_exist=[out])
     assert "JPEG file is damaged or truncated" in msg and "half.jpg" in msg
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "--task", "deblur", "--input", "x.png", "--output", "o.png", "--bogus"], "unrecognized arguments"),
+    (["run", "--task", "deblur"], "required: --input, --output"),
+    (["nosuch"], "invalid choice: 'nosuch'"),
+    ([], "required: command"),
+])
+def test_usage_mistakes_are_one_line(capsys, argv, needle):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err and "usage:" not in err, err
+
+
+def test_only_the_error_line_on_stderr(capfd, scene):
+    """Checked at the file-descriptor level (OpenCV's native WARN lines bypass sys.stderr), with the demo model (its
+    NOTE comes after the options are checked)."""
+    tmp, img, _ = scene
+    short = _png_declaring(tmp / "in" / "short.png", 32, 32, 4)
+    for argv in (["--method", "classical", "--input", str(short)],
+                 ["--method", "diffpir", "--input", str(img), "--opt", "no_such_option=1"]):
+        capfd.readouterr()
+        assert main(["run", "--task", "deblur", "--degrade", "--output", str(tmp / "o.png"), *argv]) == 2
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: "), err

@@ -60,6 +60,7 @@ def run_bench(config_path, output: str | None = None, device: str | None = None,
     dev = resolve_device(device or cfg.get("device"))
     items = expand_items(cfg, base)
     check_method_options(items)
+    _check_images(cfg, base, items[:limit])
     # several processes (accelerate launch / torchrun): GPUs get one device each; CPUs join a gloo group
     state = PartialState(cpu=dev.type == "cpu")
     if dev.type == "cuda" and state.num_processes > 1:
@@ -102,6 +103,17 @@ def run_bench(config_path, output: str | None = None, device: str | None = None,
         raise
     finally:
         lock.release()
+
+
+def _check_images(cfg, base, items) -> None:
+    """Every image the sweep will use decodes: an unreadable one stops it before it starts, not halfway."""
+    specs = cfg["datasets"]
+    paths = {(ds, p.name): p for ds in {it.dataset for it in items} for p in dataset_images(specs[ds], base)}
+    for key in sorted({(it.dataset, it.image) for it in items}):
+        try:
+            read_image(paths[key])
+        except RestoreKitError as e:
+            raise ConfigError(f"dataset {key[0]!r}: {e}; remove or replace that file") from None
 
 
 def check_output_folder(out: Path) -> None:
