@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .errors import RestoreKitError, TaskError, check_number
+from .errors import RestoreKitError, TaskError, check_number, one_line
 
 def _add_run(sub):
     p = sub.add_parser("run", help="restore an image, a folder, a glob or a list of images",
@@ -455,14 +455,14 @@ def cmd_run(args) -> int:
                 if single:
                     raise
                 failures.append(j.input)
-                tqdm.write(f"error: {j.input}: {str(e).splitlines()[0]}", file=sys.stderr)
+                tqdm.write(f"error: {j.input}: {one_line(e)}", file=sys.stderr)
             bar.update(1)
     else:
         from .files import batches_by_size, image_size
 
         def on_error(job, e):
             failures.append(job.input)
-            tqdm.write(f"error: {job.input}: {str(e).splitlines()[0]}", file=sys.stderr)
+            tqdm.write(f"error: {job.input}: {one_line(e)}", file=sys.stderr)
 
         for chunk in batches_by_size(todo, batch_size, lambda j: image_size(j.input)):
             summaries.extend(_restore_batch(args, restorer, cfg, extra, chunk, degraded, args.verbose, on_error))
@@ -727,8 +727,7 @@ def main(argv=None) -> int:
         with _sigterm_as_interrupt():
             return args.func(args)
     except RestoreKitError as e:
-        one_line = " ".join(str(e).split())  # e.g. a YAML parser's message spans lines
-        print(f"error: {one_line}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; no partial output was written", file=sys.stderr)

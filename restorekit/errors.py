@@ -25,6 +25,18 @@ class ConfigError(RestoreKitError):
     """A configuration file or option is invalid."""
 
 
+def one_line(e: BaseException | str) -> str:
+    """A message on one line, whitespace collapsed (a YAML parser's message spans lines): what the CLI prints."""
+    return " ".join(str(e).split())
+
+
+def first_line(e: BaseException | str, limit: int = 200, empty: str = "no detail") -> str:
+    """The first line of another library's message, cut to ``limit`` characters (its later lines are often a
+    traceback or advice that does not apply); ``empty`` when it has none."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:limit] if lines else empty
+
+
 def check_number(v, what: str, *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False,
                  integer: bool = False):
     """``v`` as a finite number (a whole one with ``integer``) in range, or a :class:`ConfigError` naming

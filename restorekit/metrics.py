@@ -15,6 +15,8 @@ import warnings
 
 import torch
 
+from .errors import first_line
+
 #: metrics that never need weights
 ALWAYS = ("psnr", "ssim")
 #: full-reference metrics we know how to call
@@ -59,7 +61,7 @@ def _metric(name: str, device):
             m = pyiqa.create_metric(pname, device=device, as_loss=False, **opts)
     except Exception as e:  # offline download failure, missing file, ...
         reason = (f"{name.upper()} skipped: pyiqa could not load its pretrained weights "
-                  f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'no detail'}). "
+                  f"({type(e).__name__}: {first_line(e, 160)}). "
                   f"On an offline machine put the weights in pyiqa's cache "
                   f"({os.path.join(torch.hub.get_dir(), 'pyiqa')} / {torch.hub.get_dir()}/checkpoints).")
         if name in ALWAYS:
@@ -108,7 +110,7 @@ def compute_metrics(pred: torch.Tensor, ref: torch.Tensor | None = None, names=(
         except Exception as e:  # a metric's own limits (sizes, ...): report, do not lose the run
             scores[name] = None
             notes.append(f"{name.upper()} skipped: pyiqa failed on this image ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'})")
+                         f"{first_line(e, 120)})")
             continue
         scores[name] = float(torch.as_tensor(v).reshape(-1)[0])
     return scores, notes

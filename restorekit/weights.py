@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import WeightsError
+from .errors import WeightsError, first_line
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 
@@ -167,7 +167,7 @@ def resolve_card(card: ModelCard, download: bool = True) -> Path:
             except WeightsError:
                 raise
             except Exception as e:  # network down, 404, offline mode, ...
-                errors.append(f"{_source_label(src)}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+                errors.append(f"{_source_label(src)}: {type(e).__name__}: {first_line(e, 200, '')}")
     where = "\n  ".join(_source_label(s) for s in card.sources) or "(no download source known)"
     tried = ("\nDownload attempts failed:\n  " + "\n  ".join(errors)) if errors else ""
     raise WeightsError(
@@ -359,7 +359,7 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
             why = _diagnose(p)
         except Exception:
             why = "the file is corrupt, truncated or not a checkpoint"
-        detail = str(e).splitlines()[0][:160] if str(e) else ""
+        detail = first_line(e, 160, "")
         if "Weights only load failed" in detail or "failed finding central directory" in detail:
             detail = ""  # torch's advice to retry with weights_only=False does not apply
         raise WeightsError(f"cannot load weights from {p}: {why}"

@@ -359,3 +359,15 @@ def test_only_the_error_line_on_stderr(capfd, scene):
         assert main(["run", "--task", "deblur", "--degrade", "--output", str(tmp / "o.png"), *argv]) == 2
         err = capfd.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: "), err
+
+
+def test_message_helpers():
+    """The CLI's one-line policy (per image and at the end) and the cut of other libraries' messages; an empty
+    message no longer raises IndexError in the per-image handler (it took ``splitlines()[0]``)."""
+    from restorekit.errors import first_line, one_line
+
+    assert one_line(ValueError("mapping values\n  in line 2,\tcolumn 3")) == "mapping values in line 2, column 3"
+    assert one_line(RuntimeError()) == ""
+    assert first_line(RuntimeError("first\nTraceback ...")) == "first"
+    assert first_line(RuntimeError("x" * 500), 10) == "x" * 10
+    assert first_line(RuntimeError(), empty="none") == "none"

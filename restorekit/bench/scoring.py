@@ -16,6 +16,7 @@ import warnings
 
 import torch
 
+from ..errors import first_line
 from ..metrics import compute_metrics
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "dists")
@@ -52,7 +53,7 @@ def _pyiqa(name: str, **opts):
         if name in ("psnr", "ssim"):
             raise
         reason = (f"{name.upper()} skipped: pyiqa could not load its pretrained weights ({type(e).__name__}: "
-                  f"{str(e).splitlines()[0][:160] if str(e) else 'no detail'})")
+                  f"{first_line(e, 160)})")
         _failed[name] = reason
         return reason
     _cache[key] = m

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import ImageReadError, RestoreKitError, TaskError, WeightsError
+from ..errors import ImageReadError, RestoreKitError, TaskError, WeightsError, first_line
 
 log = logging.getLogger("restorekit.ui")
 
@@ -357,8 +357,7 @@ def friendly_error(e: BaseException) -> str:
     if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
         return "out of memory: use a smaller image (set 'downscale the upload'), or fewer steps / tiling"
     log.error("unexpected error in the web UI:\n%s", "".join(traceback.format_exception(e)))
-    first = str(e).splitlines()[0][:300] if str(e) else ""
-    return f"unexpected error ({type(e).__name__}: {first}); the server log has the details"
+    return f"unexpected error ({type(e).__name__}: {first_line(e, 300, '')}); the server log has the details"
 
 
 def to_pil(x: torch.Tensor):

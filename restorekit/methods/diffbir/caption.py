@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import TaskError, WeightsError
+from ...errors import TaskError, WeightsError, first_line
 
 LLAVA_ID = "llava-hf/llava-1.5-7b-hf"
 QUESTION = "Please give me a very short description of this image."
@@ -35,7 +35,7 @@ def load_captioner(name: str, device):
             _CACHE[key] = pipeline("image-text-to-text", model=model_id, device=device)
         except (OSError, ValueError) as e:
             raise WeightsError(f"captioner model {model_id!r} is not available on this machine (offline or unknown "
-                               f"id): {str(e).splitlines()[0][:200]}. Download it with the Hugging Face hub while "
+                               f"id): {first_line(e, 200)}. Download it with the Hugging Face hub while "
                                f"online, or use captioner='none'.") from None
     return _CACHE[key]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ...api import Restorer
-from ...errors import TaskError, WeightsError
+from ...errors import TaskError, WeightsError, first_line, one_line
 from ...registry import get_card, register_method
 from ...weights import ModelCard, cache_dir, load_state_dict, load_strict, resolve_card
 from .pipeline import DiffBIRPipeline, DiffBIRSettings
@@ -287,7 +287,7 @@ class DiffBIR(Restorer):
             try:
                 p = self._locate(name)
             except WeightsError as e:
-                raise WeightsError(f"DiffBIR {self.version} needs {str(e).splitlines()[0]}") from None
+                raise WeightsError(f"DiffBIR {self.version} needs {first_line(e, 1000)}") from None
             cache[name] = load(p)
         return cache[name]
 
@@ -509,7 +509,7 @@ def load_stage1_file(path, device=None) -> tuple[SpandrelStage1, str]:
     except spandrel.UnsupportedModelError:
         raise WeightsError(f"{p}: spandrel does not recognise this model's architecture") from None
     except Exception as e:  # noqa: BLE001  (a recognised architecture whose tensors do not fit, or malformed)
-        msg = " ".join(str(e).split()) or "no message"
+        msg = one_line(e) or "no message"
         raise WeightsError(f"{p}: spandrel cannot load it ({type(e).__name__}: {msg[:400]})") from None
     if not isinstance(desc, spandrel.ImageModelDescriptor):
         raise WeightsError(f"{p}: a {desc.architecture.name} model ({desc.purpose}) is not an image-to-image "
