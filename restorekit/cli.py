@@ -235,15 +235,12 @@ USEFUL_MIN_STEPS = {"diffpir": 10, "diffbir": 5}
 def _apply_config(args) -> None:
     """Fill options not given on the command line from --config (YAML)."""
     if args.config:
-        import yaml
+        from .files import read_yaml_mapping
 
-        try:
-            data = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise RestoreKitError(f"cannot read config {args.config}: {e}") from None
-        if not isinstance(data, dict) or set(data) - CONFIG_KEYS:
-            bad = sorted(set(data) - CONFIG_KEYS) if isinstance(data, dict) else data
-            raise RestoreKitError(f"config {args.config}: unknown keys {bad}; allowed: {sorted(CONFIG_KEYS)}")
+        data = read_yaml_mapping(args.config, "config")
+        if set(data) - CONFIG_KEYS:
+            raise RestoreKitError(f"config {args.config}: unknown keys {sorted(set(data) - CONFIG_KEYS)}; allowed: "
+                                  f"{sorted(CONFIG_KEYS)}")
         dest = {"noise_level": "noise"}
         for k, v in data.items():
             name = dest.get(k, k)

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RestoreKitError
+from .errors import ConfigError, RestoreKitError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -85,6 +85,32 @@ def collect_inputs(spec: str | os.PathLike, recursive: bool = False) -> tuple[li
         root = Path(os.path.commonpath([str(f.parent) for f in files]))
         return [Job(f, f.relative_to(root), index=k) for k, f in enumerate(files)], False
     raise RestoreKitError(f"input not found: {p}")
+
+
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """A UTF-8 text file's content, or a one-line :class:`ConfigError` naming ``what`` (missing, a folder, not
+    text: an image given as a config)."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"cannot read {what} {p}: not a UTF-8 text file (byte 0x{e.object[e.start]:02x} at "
+                          f"offset {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {p}: {e.strerror or e}") from None
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
+    """A YAML file that must hold a mapping (empty file: ``{}``), or a one-line :class:`ConfigError`."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(read_text_file(path, what)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of keys to values, not a {type(data).__name__}")
+    return data
 
 
 def means_folder(out: str | os.PathLike) -> bool:

@@ -59,14 +59,9 @@ class Item:
 
 
 def load_bench_config(path) -> dict:
-    import yaml
+    from ..files import read_yaml_mapping
 
-    try:
-        cfg = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read benchmark config {path}: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"benchmark config {path} must be a mapping")
+    cfg = read_yaml_mapping(path, "benchmark config")
     unknown = sorted(str(k) for k in set(cfg) - set(CONFIG_KEYS))
     if unknown:
         raise ConfigError(f"benchmark config {path}: unknown key(s) {', '.join(unknown)}; allowed: "

@@ -67,17 +67,11 @@ from ...operators.realesrgan import second_order_degrade
 
 
 def load_config(path: str | Path | dict) -> dict:
-    import yaml
+    from ...files import read_yaml_mapping
 
     if isinstance(path, dict):
         return dict(path)
-    try:
-        cfg = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read training config {path}: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"training config {path} must be a mapping")
-    return cfg
+    return read_yaml_mapping(path, "training config")
 
 
 def network_config(cfg: dict) -> DiffIRConfig:

@@ -98,10 +98,9 @@ def load_prior_config(path: str | Path) -> tuple[GuidedUNetConfig, dict]:
     """A prior training config: YAML with ``unet:`` (GuidedUNetConfig fields) and ``train:`` (TRAIN_DEFAULTS
     keys), or a JSON file holding only a GuidedUNetConfig. Unknown keys are an error."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read prior config {p}: {e}") from None
+    from ...files import read_text_file
+
+    text = read_text_file(p, "prior config")
     import yaml
 
     try:
