@@ -364,15 +364,16 @@ def cmd_run(args) -> int:
         raise TaskError(f"--stage1 is a DiffBIR option; method {args.method!r} has no stage 1")
     if args.task not in cls.tasks:
         raise TaskError(f"method {args.method!r} does not do task {args.task!r}; it does: {', '.join(cls.tasks)}")
-    if args.steps is not None and args.steps < USEFUL_MIN_STEPS.get(args.method, 0):
-        print(f"warning: --steps {args.steps} is far below {args.method}'s useful range (>= "
-              f"{USEFUL_MIN_STEPS[args.method]}); expect a result worse than the input", file=sys.stderr)
 
     # --- everything that can be checked before loading a model ------------------------------------------
     jobs, single = collect_inputs(args.input, args.recursive)
     plan_outputs(jobs, args.output, single, args.method, args.task)
+    if args.save_degraded and not args.degrade:
+        raise RestoreKitError("--save-degraded saves the synthetic degradation: it needs --degrade")
     if args.save_degraded and not single:
         raise RestoreKitError("--save-degraded names one file: use it with a single --input")
+    if args.save_degraded and Path(args.save_degraded).absolute() == jobs[0].output.absolute():
+        raise RestoreKitError(f"--save-degraded {args.save_degraded} is the restored output's name; choose another")
     degraded = {}
     if args.degrade:
         for j in jobs:
@@ -394,8 +395,10 @@ def cmd_run(args) -> int:
         if len(todo) < len(mine):
             print(f"{len(mine) - len(todo)} of {len(mine)} images already restored in {args.output} "
                   f"(skipped; --overwrite redoes them)", file=sys.stderr)
-    elif single and jobs[0].output.exists():
-        print(f"note: {jobs[0].output} exists and will be overwritten", file=sys.stderr)
+    elif single:
+        for o in outputs:
+            if o.exists():
+                print(f"note: {o} exists and will be overwritten", file=sys.stderr)
     first = None
     if single:  # a single unreadable image fails before the weights are loaded
         first = read_image(jobs[0].input)
@@ -423,11 +426,16 @@ def cmd_run(args) -> int:
         if load_kw and "torch_dtype" in str(e):
             raise RestoreKitError(f"method {args.method!r} does not support --precision {args.precision}") from None
         raise
+    restorer.check_task(args.task)  # e.g. a DiffIR sr checkpoint asked to deblur
     extra = _coerce_extra(restorer, args.task, extra)
     cfg = restorer.make_config(args.task, args.steps, lambda_=args.lambda_, zeta=args.zeta, eta=args.eta,
                                skip_type=args.skip_type, noise_level=args.noise,
                                use_last_x0=args.use_last_x0, **extra)
-    card = restorer.card  # after the options are checked: a wrong option is the only line printed
+    # notes after the options are checked: a wrong option is the only line printed
+    if args.steps is not None and args.steps < USEFUL_MIN_STEPS.get(args.method, 0):
+        print(f"warning: --steps {args.steps} is far below {args.method}'s useful range (>= "
+              f"{USEFUL_MIN_STEPS[args.method]}); expect a result worse than the input", file=sys.stderr)
+    card = restorer.card
     if card is not None and card.demo:
         print(f"NOTE: using the bundled DEMO model '{card.name}' - demo quality only. For real results pass "
               f"--weights with an official model (see 'restorekit models').", file=sys.stderr)
@@ -469,8 +477,8 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(summaries[0] if single else summaries, indent=2))
     if failures:
-        print(f"error: {len(failures)} of {len(todo)} images failed (listed above); the others were written",
-              file=sys.stderr)
+        rest = "nothing was written" if len(failures) == len(todo) else "the others were written"
+        print(f"error: {len(failures)} of {len(todo)} images failed (listed above); {rest}", file=sys.stderr)
         return 2
     if not single:
         print(f"{len(todo)} images restored into {args.output}", file=sys.stderr)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ImageReadError, RestoreKitError, TaskError
+from .errors import ImageReadError, RestoreKitError, TaskError, first_line
 
 try:  # OpenCV (a dependency of pyiqa) reads 16-bit colour PNG/TIFF; PIL truncates them.
     import cv2
@@ -396,34 +396,114 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tu
     return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
 
 
-def read_kernel(path: str | os.PathLike) -> torch.Tensor:
-    """A blur kernel file (``.npy``, or an image whose channel mean is the kernel) -> (kh, kw) float32 tensor
-    normalised to sum 1. A missing file, an unreadable one, or a kernel that is not a 2-D non-negative array with
-    a positive sum is a :class:`TaskError`."""
+def _numeric_npy(p: Path) -> np.ndarray:
+    try:
+        a = np.load(p, allow_pickle=False)
+    except ValueError as e:
+        why = "it holds pickled Python objects, not a numeric array" if "pickle" in str(e) else first_line(e)
+        raise TaskError(f"cannot read {p}: {why}") from None
+    except (OSError, EOFError) as e:
+        raise TaskError(f"cannot read {p}: {first_line(e)}") from None
+    if not isinstance(a, np.ndarray) or np.iscomplexobj(a) or not (np.issubdtype(a.dtype, np.number)
+                                                                     or a.dtype == bool):
+        raise TaskError(f"cannot read {p}: a {getattr(a, 'dtype', type(a).__name__)} array, not real numbers")
+    return a
+
+
+def _mat_arrays(p: Path) -> list:
+    """Every array of a MATLAB file's ``kernels`` variable (else its first variable): a cell array, a 2-D array
+    or an (h, w, N) stack. v7.3 (HDF5) files read transposed (column-major)."""
+    try:
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            var = f["kernels"] if "kernels" in f else f[next(k for k in f if not k.startswith("#"))]
+            if var.dtype == object:
+                return [np.array(f[r]).T for r in var[()].T.ravel()]
+            a = np.array(var).T
+            return [a] if a.ndim == 2 else [a[..., i] for i in range(a.shape[-1])]
+    except (OSError, ImportError):  # not HDF5: MATLAB v5
+        pass
+    from scipy.io import loadmat
+
+    m = loadmat(p)
+    var = m["kernels"] if "kernels" in m else m[next(k for k in m if not k.startswith("__"))]
+    if var.dtype == object:
+        return [var.ravel()[i] for i in range(var.size)]
+    return [var] if var.ndim == 2 else [var[..., i] for i in range(var.shape[-1])]
+
+
+def read_kernels(path: str | os.PathLike) -> list[np.ndarray]:
+    """Every blur kernel in a file, each a 2-D float64 array normalised to sum 1: a ``.npy`` (one kernel, or an
+    (N, h, w) stack), a ``.mat`` (a cell array or stack, as DiffPIR's and Levin et al.'s kernel sets), or an image
+    (the channel mean is the kernel). Anything else, or a kernel that is not 2-D, finite, non-negative with a positive
+    sum, is a one-line :class:`TaskError`."""
+    from .files import IMAGE_SUFFIXES
+
     p = Path(path)
     if not p.is_file():
         raise TaskError(f"kernel file not found: {p}")
-    if p.suffix == ".npy":
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        a = np.squeeze(_numeric_npy(p)).astype(np.float64)
+        arrs = [a] if a.ndim != 3 else list(a)
+    elif suffix == ".mat":
         try:
-            k = np.load(p).astype(np.float64)
-        except Exception as e:
-            raise TaskError(f"cannot read kernel {p}: {e}") from None
+            arrs = _mat_arrays(p)
+        except (ValueError, TypeError, KeyError, StopIteration, NotImplementedError, OSError) as e:
+            raise TaskError(f"cannot read kernels from {p}: {first_line(e)}") from None
+    elif suffix in IMAGE_SUFFIXES:
+        arrs = [read_image(p)[0].mean(axis=2)]
     else:
-        arr, _ = read_image(p)
-        k = arr.mean(axis=2).astype(np.float64)
-    k = np.squeeze(k)
-    if k.ndim != 2 or k.sum() <= 0 or not np.all(np.isfinite(k)) or (k < 0).any():
-        raise TaskError(f"kernel {p} must be a 2-D non-negative array with a positive sum")
-    return torch.from_numpy(k / k.sum()).float()
+        raise TaskError(f"kernel file {p}: use a .npy, a .mat or an image ({' '.join(IMAGE_SUFFIXES)})")
+    out = []
+    for a in arrs:
+        try:
+            a = np.asarray(a, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TaskError(f"kernel file {p}: its kernels must be arrays of real numbers") from None
+        if a.ndim != 2 or not np.all(np.isfinite(a)) or (a < 0).any() or a.sum() <= 0:
+            raise TaskError(f"kernel {p} must be a 2-D non-negative array with a positive sum (got shape {a.shape})")
+        out.append(a / a.sum())
+    if not out:
+        raise TaskError(f"kernel file {p} holds no kernels")
+    return out
+
+
+def read_kernel(path: str | os.PathLike) -> torch.Tensor:
+    """The one blur kernel of a file (see :func:`read_kernels`) as a (kh, kw) float32 tensor with sum 1."""
+    ks = read_kernels(path)
+    if len(ks) > 1:
+        raise TaskError(f"kernel file {path} holds {len(ks)} kernels; save the one to use as a .npy")
+    return torch.from_numpy(ks[0]).float()
+
+
+def read_mask_array(path: str | os.PathLike) -> np.ndarray:
+    """An inpainting mask file as a 2-D float32 array of 0/1 (1 = known pixel): an image (white = known: channel
+    mean > 0.5) or a ``.npy`` ((h, w), (h, w, 1|3) or (1|3, h, w); values > 0.5 are known)."""
+    from .files import IMAGE_SUFFIXES
+
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"mask file not found: {p}")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        a = _numeric_npy(p).astype(np.float32)
+        if a.ndim == 3:
+            a = a[..., 0] if a.shape[-1] in (1, 3) else a[0]
+    elif suffix in IMAGE_SUFFIXES:
+        a = read_image(p)[0].mean(axis=2)
+    else:
+        raise TaskError(f"mask file {p}: use an image (white = known pixels) or a .npy")
+    if a.ndim != 2 or not np.all(np.isfinite(a)):
+        raise TaskError(f"mask file {p}: expected a 2-D mask of finite values, got shape {a.shape}")
+    return (a > 0.5).astype(np.float32)
 
 
 def read_mask(path: str | os.PathLike, h: int, w: int) -> torch.Tensor:
-    """An inpainting mask image (white = known pixels: channel mean > 0.5) -> (1, 1, h, w) float32 tensor of 0/1;
-    a mask of another size than ``h`` x ``w`` is a :class:`TaskError`."""
-    if not Path(path).exists():
-        raise ImageReadError(f"mask file not found: {path}")
-    arr, _ = read_image(path)
-    m = (arr.mean(axis=2) > 0.5).astype(np.float32)
+    """An inpainting mask file (:func:`read_mask_array`) -> (1, 1, h, w) float32 tensor of 0/1; a mask of another
+    size than ``h`` x ``w`` is a :class:`TaskError`."""
+    m = read_mask_array(path)
     if m.shape != (h, w):
         raise TaskError(f"mask {path} is {m.shape[1]}x{m.shape[0]} but the image is {w}x{h}")
     return torch.from_numpy(m)[None, None]

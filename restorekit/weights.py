@@ -331,7 +331,8 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     """
     p = Path(path)
     if not p.is_file():
-        raise WeightsError(f"weights file not found: {p}")
+        raise WeightsError(f"weights file {p} is a folder, not a checkpoint file" if p.is_dir()
+                           else f"weights file not found: {p}")
     meta: dict = {}
     try:
         if p.suffix == ".safetensors":

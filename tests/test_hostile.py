@@ -371,3 +371,130 @@ def test_message_helpers():
     assert first_line(RuntimeError("first\nTraceback ...")) == "first"
     assert first_line(RuntimeError("x" * 500), 10) == "x" * 10
     assert first_line(RuntimeError(), empty="none") == "none"
+
+
+# ---------------------------------------------------------------------------- probe 2 (CLI side)
+@pytest.mark.parametrize("cmd", [
+    ["run", "--method", "classical", "--task", "deblur", "--degrade", "--input", "IMG", "--output", "OUT/o.png"],
+    ["bench"],
+    ["train", "prior", "--data", "IN", "--output", "OUT/p.safetensors"],
+    ["train", "--method", "diffir", "--stage", "1", "--data", "IN", "--output", "OUT/d.pth"],
+])
+def test_a_config_that_is_not_text_is_one_line(capsys, scene, cmd):
+    """An image given as --config (or as the bench config) was a UnicodeDecodeError traceback."""
+    tmp, img, _ = scene
+    argv = [{"IMG": str(img), "IN": str(tmp / "in"), "OUT/o.png": str(tmp / "out" / "o.png"),
+             "OUT/p.safetensors": str(tmp / "out" / "p.safetensors"),
+             "OUT/d.pth": str(tmp / "out" / "d.pth")}.get(a, a) for a in cmd]
+    argv += [str(img)] if cmd == ["bench"] else ["--config", str(img)]
+    msg = _run_error(capsys, argv, tmp, must_not_exist=[tmp / "out"])
+    assert "not a UTF-8 text file" in msg and "x.png" in msg
+
+
+def _kernel_run(tmp, kfile, out="out.png"):
+    return ["run", "--method", "classical", "--task", "deblur", "--input", str(tmp / "in" / "x.png"),
+            "--output", str(tmp / out), "--kernel-file", str(kfile)]
+
+
+def test_kernel_files_mat_npy_and_bad_ones(capsys, scene):
+    import scipy.io
+
+    tmp, _, _ = scene
+    k = np.outer(np.hanning(7), np.hanning(7))[1:-1, 1:-1]
+    scipy.io.savemat(tmp / "k1.mat", {"kernels": k})
+    assert main(_kernel_run(tmp, tmp / "k1.mat", "ok.png")) == 0  # was "cannot read image k1.mat"
+    capsys.readouterr()
+    cell = np.empty((1, 2), dtype=object)
+    cell[0, 0], cell[0, 1] = k, k.T
+    scipy.io.savemat(tmp / "k12.mat", {"kernels": cell})
+    np.save(tmp / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp / "complex.npy", k.astype(np.complex64))
+    (tmp / "k.txt").write_text("1 2 3")
+    cases = {"k12.mat": "holds 2 kernels", "pickled.npy": "pickled Python objects",
+             "complex.npy": "not real numbers", "k.txt": "use a .npy, a .mat or an image"}
+    for name, needle in cases.items():
+        msg = _run_error(capsys, _kernel_run(tmp, tmp / name), tmp, must_not_exist=[tmp / "out.png"])
+        assert needle in msg and name in msg and "allow_pickle" not in msg, msg
+
+
+def test_npy_mask_in_run_and_a_kernel_given_as_mask(capsys, scene):
+    tmp, img, _ = scene
+    m = (np.random.default_rng(0).random((24, 24)) > 0.5).astype(np.float32)
+    np.save(tmp / "m.npy", m)
+    base = ["run", "--method", "classical", "--task", "inpaint", "--input", str(img), "--output", str(tmp / "o.png")]
+    assert main(base + ["--mask-file", str(tmp / "m.npy")]) == 0  # as bench reads .npy masks
+    capsys.readouterr()
+    (tmp / "m.mat").write_bytes(b"MATLAB")
+    msg = _run_error(capsys, base + ["--mask-file", str(tmp / "m.mat")], tmp)
+    assert "mask file" in msg and "use an image" in msg
+
+
+def test_save_degraded_mistakes(capsys, scene):
+    tmp, img, common = scene
+    base = ["run", "--task", "deblur", "--input", str(img), "--output", str(tmp / "o.png")] + common
+    msg = _run_error(capsys, base + ["--save-degraded", str(tmp / "d.png")], tmp, must_not_exist=[tmp / "d.png"])
+    assert "needs --degrade" in msg  # was silently ignored
+    msg = _run_error(capsys, base + ["--degrade", "--save-degraded", str(tmp / "o.png")], tmp,
+                     must_not_exist=[tmp / "o.png"])
+    assert "restored output's name" in msg  # the degraded image was silently lost
+    (tmp / "d.png").write_bytes(b"old")
+    assert main(base + ["--degrade", "--steps", "2", "--save-degraded", str(tmp / "d.png")]) == 0
+    assert f"note: {tmp / 'd.png'} exists and will be overwritten" in capsys.readouterr().err
+
+
+def test_warnings_and_notes_come_after_the_checks(capfd, scene):
+    tmp, img, common = scene
+    bad = tmp / "in" / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert main(["run", "--task", "deblur", "--degrade", "--steps", "2", "--input", str(bad), "--output",
+                 str(tmp / "o.png")] + common) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "bad.png" in err, err  # no --steps warning first
+    assert main(["run", "--method", "diffir", "--task", "deblur", "--input", str(img), "--output",
+                 str(tmp / "o.png"), "--weights", "diffir-demo-sr"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "is a sr model" in err, err  # no demo NOTE first
+
+
+def test_a_folder_where_all_images_fail_says_nothing_was_written(capsys, tmp_path, tiny_weights):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "fake.png").write_bytes(b"not a png")
+    rc = main(["run", "--task", "deblur", "--degrade", "--input", str(src), "--output", str(tmp_path / "o"),
+               "--weights", str(tiny_weights), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "1 of 1 images failed (listed above); nothing was written" in err
+
+
+def test_weights_folder_and_a_bare_diffbir_controlnet_path(capsys, scene):
+    tmp, img, _ = scene
+    (tmp / "w.pt").mkdir()
+    base = ["run", "--task", "deblur", "--degrade", "--input", str(img), "--output", str(tmp / "o.png")]
+    msg = _run_error(capsys, base + ["--weights", str(tmp / "w.pt")], tmp)
+    assert "is a folder, not a checkpoint file" in msg  # was "weights file not found" for a path that exists
+    junk = tmp / "junk.pt"
+    junk.write_bytes(b"x" * 100)
+    msg = _run_error(capsys, ["run", "--method", "diffbir", "--task", "sr", "--input", str(img), "--output",
+                              str(tmp / "o.png"), "--weights", str(junk)], tmp)
+    assert f"{junk} is used as its ControlNet" in msg and "DiffBIR_v2.1.pt" not in msg  # was ignored silently
+
+
+def test_bench_lock_without_an_owner_line_is_taken_over_after_a_grace(tmp_path):
+    import os
+    import time
+
+    from restorekit.bench.records import BenchLock
+    from restorekit.errors import RestoreKitError
+
+    lock = tmp_path / ".bench.lock"
+    lock.write_text("")  # its writer died between creating and writing it
+    with pytest.raises(RestoreKitError, match="delete"):
+        BenchLock(tmp_path).acquire()  # a fresh empty lock may be being written: refused
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    BenchLock(tmp_path).acquire().release()
+    # a live PID that started after the lock was written is a reused PID: stale
+    lock.write_text(f"{__import__('socket').gethostname()} 1\n")
+    os.utime(lock, (1.0, 1.0))
+    with BenchLock(tmp_path):
+        assert lock.read_text().split()[1] == str(os.getpid())

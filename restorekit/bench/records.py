@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 from ..errors import RestoreKitError
@@ -54,6 +55,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _stale(path: Path, host: str, pid: int, grace: float = 10.0) -> bool:
+    """A lock left behind: its process (on this host) is gone, or a newer process has its PID (the PID was reused),
+    or it holds no ``host pid`` line and is older than ``grace`` seconds (its writer died between creating and
+    writing it)."""
+    try:
+        written = path.stat().st_mtime
+    except OSError:
+        return True
+    if pid < 0:
+        return time.time() - written > grace
+    if host != socket.gethostname():
+        return False
+    if not _pid_alive(pid):
+        return True
+    started = _process_start(pid)
+    return started is not None and started > written + 2.0
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch, to about a second), from Linux's /proc; else None."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        boot = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 class BenchLock:
     """``<folder>/.bench.lock`` holding ``host pid``: a second sweep on the same folder is refused while the first
     runs. A lock left by a process that is gone (killed) is taken over."""
@@ -73,8 +102,8 @@ class BenchLock:
                     pid = int(pid)
                 except (OSError, ValueError):
                     host, pid = "", -1
-                if host == socket.gethostname() and pid > 0 and not _pid_alive(pid):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                if _stale(self.path, host, pid):
+                    self.path.unlink(missing_ok=True)
                     continue
                 raise RestoreKitError(
                     f"another 'restorekit bench' (process {pid} on {host or '?'}) is writing to {self.path.parent}; "

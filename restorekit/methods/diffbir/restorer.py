@@ -212,9 +212,13 @@ class DiffBIR(Restorer):
         folder = Path(path) if path is not None and Path(path).is_dir() else None
         given_cn = None if (folder is not None or path is None) else Path(path)
 
+        plan = PLAN[(version, task)]
+        # a file given as the weights is the ControlNet: the card's, or (a bare path) the one this task needs
+        cn_name = card.options.get("controlnet") if card is not None else plan["controlnet"]
+
         def locate(name: str) -> Path:
             c = get_card(name)
-            if given_cn is not None and card is not None and name == card.options.get("controlnet"):
+            if given_cn is not None and name == cn_name:
                 return given_cn
             if folder is not None:
                 p = folder / c.filename
@@ -223,7 +227,6 @@ class DiffBIR(Restorer):
                 return p
             return resolve_card(c)
 
-        plan = PLAN[(version, task)]
         needed = {"sd": SD_CARD[version], "tokenizer_vocab": TOKENIZER_CARDS[0],
                   "tokenizer_merges": TOKENIZER_CARDS[1], "controlnet": plan["controlnet"]}
         if file_stage1 is None:
@@ -240,8 +243,9 @@ class DiffBIR(Restorer):
                 missing.append(f"{comp}: {c.filename} from {_source(c)} -> put it at {target}")
         if missing:
             where = folder or "the restorekit cache"
+            given = f" ({given_cn} is used as its ControlNet)" if given_cn is not None else ""
             raise WeightsError(f"DiffBIR {version} ({task}) needs {len(missing)} file(s) that are not in {where} "
-                               f"(or $RESTOREKIT_WEIGHTS):\n  " + "\n  ".join(missing))
+                               f"(or $RESTOREKIT_WEIGHTS){given}:\n  " + "\n  ".join(missing))
         if paths["tokenizer_merges"].parent != paths["tokenizer_vocab"].parent:
             raise WeightsError("vocab.json and merges.txt must be in the same folder")
 
