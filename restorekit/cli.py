@@ -645,7 +645,24 @@ def _restore_batch(args, restorer, cfg, extra: dict, jobs, degraded: dict, inner
     return summaries
 
 
+#: flags each trainer reads; any other flag given is refused, not silently ignored
+_TRAIN_FLAGS = {
+    "diffir": {"s1_weights", "s2_weights", "d_weights", "val_freq"},
+    "diffbir": {"sd_path", "s1_weights", "val_data", "val_freq"},
+    "prior": {"batch_size", "crop", "lr", "seed", "init"},
+}
+_TRAIN_OPTIONAL = ("s1_weights", "s2_weights", "d_weights", "val_freq", "sd_path", "val_data", "batch_size", "crop",
+                   "lr", "seed", "init")
+
+
 def cmd_train(args) -> int:
+    kind = args.method if args.method in ("diffir", "diffbir") else "prior"
+    unused = [k for k in _TRAIN_OPTIONAL if getattr(args, k) is not None and k not in _TRAIN_FLAGS[kind]]
+    if unused:
+        flag = "--" + unused[0].replace("_", "-")
+        where = "; set it in the training config (--config)" if kind != "prior" else ""
+        name = {"diffir": "DiffIR", "diffbir": "DiffBIR", "prior": "prior"}[kind]
+        raise RestoreKitError(f"{flag} is not used by {name} training{where}")
     if args.method == "diffir":
         if args.stage is None or not args.config:
             raise RestoreKitError("DiffIR training needs --stage 1|2|gan|finetune and --config (see configs/diffir/)")

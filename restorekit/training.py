@@ -3,34 +3,123 @@ step loop (:class:`StepLoop`)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .errors import ConfigError, RestoreKitError
 from .io import read_image
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-def load_images(data: str | Path, min_size: int) -> list[torch.Tensor]:
-    """All images under ``data`` as (3,H,W) tensors in [0,1]; small ones are upscaled to ``min_size``."""
+def load_images(data: str | Path, min_size: int, crop_name: str | None = None) -> list[torch.Tensor]:
+    """All images under ``data`` as (3,H,W) tensors in [0,1]; small ones are upscaled to ``min_size``.
+
+    ``crop_name`` (the option that set ``min_size``, e.g. ``"crop"``): a :class:`ConfigError` when *every* image's
+    shorter side is below ``min_size`` (a crop that fits no training image is a mistake, not a reason to upscale
+    the whole data set), before anything is upscaled."""
     root = Path(data)
     if not root.is_dir():
         raise ConfigError(f"training data folder not found: {root}")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-    imgs = []
-    for f in files:
-        arr, _ = read_image(f)
-        t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-        if min(t.shape[-2:]) < min_size:
-            scale = min_size / min(t.shape[-2:])
-            t = F.interpolate(t[None], scale_factor=scale, mode="bicubic", align_corners=False)[0].clamp(0, 1)
-        imgs.append(t)
+    imgs = [torch.from_numpy(read_image(f)[0]).permute(2, 0, 1).contiguous() for f in files]
     if not imgs:
         raise ConfigError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found under {root}")
+    if crop_name is not None:
+        big = max(imgs, key=lambda t: min(t.shape[-2:]))
+        if min(big.shape[-2:]) < min_size:
+            h, w = big.shape[-2:]
+            raise ConfigError(f"{crop_name} {min_size} is larger than every training image under {root} (the "
+                              f"largest is {w}x{h}); use a {crop_name} of at most {min(h, w)}")
+    for i, t in enumerate(imgs):
+        if min(t.shape[-2:]) < min_size:
+            scale = min_size / min(t.shape[-2:])
+            imgs[i] = F.interpolate(t[None], scale_factor=scale, mode="bicubic", align_corners=False)[0].clamp(0, 1)
     return imgs
+
+
+def _image_files(spec) -> set[Path]:
+    """The resolved image files a training-data spec (a folder, an image file, or a dict of them) reads."""
+    if isinstance(spec, dict):
+        return set().union(*(_image_files(v) for v in spec.values())) if spec else set()
+    if not spec or not isinstance(spec, (str, Path)):
+        return set()
+    root = Path(spec)
+    if root.is_dir():
+        return {p.resolve() for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()}
+    return {root.resolve()} if root.is_file() else set()
+
+
+def check_training_output(output, data=(), inputs=(), also=(), state_dir=None, name: str = "--output") -> Path:
+    """Refuse, before any training work, a weights ``output`` that would destroy an input or cannot be written.
+
+    ``output`` (and each path in ``also``, other files the run writes) must not be an existing folder, must not
+    have an image suffix (a trainer writes weights, never an image), must not resolve to an image of the training
+    data (``data``: folders, image files or dicts of them, as ``load_images`` / ``load_pairs`` read) nor to one of
+    ``inputs`` (``{label: path}``: weights, config, resume state), and must be writable. ``state_dir``: the folder
+    of training states, when the run writes them (it must be a folder, or creatable, and writable). ``name``: how
+    the messages call the output (the flag or config entry that set it)."""
+    from .files import check_writable
+
+    out = Path(output)
+    data_files: set[Path] = set()
+    for d in data:
+        data_files |= _image_files(d)
+    ins = {Path(p).resolve(): label for label, p in dict(inputs).items()
+           if isinstance(p, (str, Path)) and str(p) and Path(p).is_file()}
+    for p in [out, *(Path(a) for a in also)]:
+        if p.is_dir():
+            raise ConfigError(f"{name} {p} is a folder; give a weights file name such as {p / 'model.safetensors'}")
+        if p.suffix.lower() in IMAGE_EXTS:
+            raise ConfigError(f"{name} {p} has an image suffix ({p.suffix}); training writes weights, not an image: "
+                              f"use a .safetensors name")
+        r = p.resolve()
+        if r in data_files:
+            raise ConfigError(f"{name} {p} is a file of the training data; refusing to overwrite it (choose another "
+                              f"output)")
+        if r in ins:
+            raise ConfigError(f"{name} {p} is the {ins[r]}; refusing to overwrite an input (choose another output)")
+        try:
+            check_writable(p)
+        except RestoreKitError as e:
+            raise ConfigError(f"{name}: {e}") from None
+    if state_dir is not None:
+        sd = Path(state_dir)
+        if sd.exists() and not sd.is_dir():
+            raise ConfigError(f"the training-state folder {sd} is a file, not a folder")
+        check_writable(sd / "1.state")
+    return out
+
+
+_OOM = (getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError,)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is torch running out of (CPU or GPU) memory."""
+    if isinstance(e, _OOM):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in msg or "out of memory" in msg)
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(what: str, advice: str):
+    """Turn an out-of-memory error inside the block into a one-line :class:`ConfigError`:
+    ``out of memory while training with <what>; <advice>``."""
+    oom = False
+    try:
+        yield
+    except RuntimeError as e:
+        if not is_out_of_memory(e):
+            raise
+        oom = True
+    if oom:  # outside the handler, so that the failed step's tensors can go
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ConfigError(f"out of memory while training with {what}; {advice}")
 
 
 def random_crops(imgs: list[torch.Tensor], batch: int, size: int, g: torch.Generator,

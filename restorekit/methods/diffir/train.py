@@ -60,7 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import ConfigError
+from ...errors import ConfigError, check_number
 from ...nets.diffir import PRESETS, DiffIRConfig, DiffIRS1, DiffIRS2
 from ...operators import Blur, motion_kernel
 from ...operators.realesrgan import second_order_degrade
@@ -374,8 +374,10 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
         ParamEMA,
         StepLoop,
         TrainingPairPool,
+        check_training_output,
         load_images,
         load_pairs,
+        out_of_memory_as_error,
         paired_random_crops,
         progressive_size,
         random_crops,
@@ -396,25 +398,67 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
     data = data or cfg.get("data")
     if not data:
         raise ConfigError("no training data: pass --data DIR or set data: in the config")
+    out_name = "--output" if output else f"{STAGES[st]}.output"
     output = output or o["output"]
+    if not isinstance(output, (str, Path)):
+        raise ConfigError(f"{out_name} must be a file name, got {output!r}")
     time_limit = time_limit if time_limit is not None else o["time_limit"]
-    total = int(steps if steps is not None else o["total_iter"])
+    if time_limit is not None:
+        check_number(time_limit, "--time-limit", lo=0)
+    # every setting is checked here, before any image is read or network built
+    total = (check_number(steps, "--steps", lo=1, integer=True) if steps is not None
+             else check_number(o["total_iter"], f"{STAGES[st]}.total_iter", lo=1, integer=True))
+    for key in ("optim_g", "optim_d"):
+        if key in o:
+            check_number(o[key]["lr"], f"{STAGES[st]}.{key}.lr", lo=0, lo_open=True)
     encoder_iter = 0
     if st == "2":
         # keep the configured encoder-phase fraction when --steps overrides the length
         encoder_iter = int(round(o["encoder_iter"] * total / max(o["total_iter"], 1)))
-    gt_size = int(cfg.get("gt_size", 64))
+    gt_size = check_number(cfg.get("gt_size", 64), "gt_size", lo=1, integer=True)
     sf = net_cfg.sf
-    batch = int(cfg.get("batch_size", 8))
+    batch = check_number(cfg.get("batch_size", 8), "batch_size", lo=1, integer=True)
     prog = o["gt_sizes"], o["mini_batch_sizes"], o["iters"]
     progressive = all(v is not None for v in prog)
+    if progressive:
+        for name, v in zip(("gt_sizes", "mini_batch_sizes", "iters"), prog):
+            if not isinstance(v, (list, tuple)) or not v:
+                raise ConfigError(f"{name} must be a list of numbers, got {v!r}")
+            for x in v:
+                check_number(x, name, lo=1, integer=True)
+        if not len(prog[0]) == len(prog[1]) == len(prog[2]):
+            raise ConfigError(f"gt_sizes, mini_batch_sizes and iters must have the same length, got "
+                              f"{len(prog[0])}, {len(prog[1])} and {len(prog[2])}")
+        prog = tuple([int(x) for x in v] for v in prog)
+    size_key = "gt_sizes" if progressive else "gt_size"
     sizes_to_check = list(prog[0]) if progressive else [gt_size]
+    # the network's input crop is gt_size / scale; DIRformer (pixel_unshuffle, then 3 downsamplings) and CPEN
+    # need it to be a multiple of size_multiple
+    m = net_cfg.size_multiple
     for size in sizes_to_check:
-        if size % (net_cfg.size_multiple * sf) and task != "sr":
-            raise ConfigError(f"gt_size {size} must be a multiple of {net_cfg.size_multiple}")
+        if size % (m * sf):
+            raise ConfigError(f"{size_key} {size} does not fit the network: with scale {sf} the input crops are "
+                              f"{size}/{sf} px, and DiffIR needs input crops that are a multiple of {m} px; "
+                              f"{size_key} must be a multiple of {m * sf}")
     if save_checkpoint_freq is not None:
-        o["save_checkpoint_freq"] = int(save_checkpoint_freq)
+        o["save_checkpoint_freq"] = check_number(save_checkpoint_freq, "--save-every", lo=0, integer=True)
+    check_number(o["save_checkpoint_freq"], "save_checkpoint_freq", lo=0, integer=True)
     sdir = Path(state_dir or o["state_dir"] or Path(output).with_name(Path(output).stem + "_training_states"))
+    # the weights (and a GAN stage's discriminator beside them) must not overwrite an input, nor be unwritable
+    writes_d = st in ("gan", "finetune") or o["lama"] is not None
+    inputs = {"training config": config if isinstance(config, (str, Path)) else None,
+              "--resume state": resume, "VGG weights (vgg_weights)": o["vgg_weights"]}
+    if st != "1":
+        inputs["stage-1 weights (--s1-weights)"] = s1_weights or o["s1_weights"]
+    if st in ("gan", "finetune"):
+        inputs["stage-2 weights (--s2-weights)"] = (s2_weights or o.get("s2_weights")
+                                                     or (cfg.get("stage2") or {}).get("output"))
+        inputs["discriminator weights (--d-weights)"] = d_weights or o.get("d_weights")
+    if o["lama"] is not None:
+        inputs["ResNetPL weights"] = o.get("resnet_pl_weights")
+    check_training_output(output, data=[data, (o["val"] or {}).get("data")], inputs=inputs,
+                          also=[Path(output).with_name(Path(output).stem + "_net_d.pth")] if writes_d else [],
+                          state_dir=sdir if o["save_checkpoint_freq"] else None, name=out_name)
     # each process draws its own data (seeds seed + rank; rank 0 = a single-process run) and its own batch
     # (BasicSR's batch_size_per_gpu); stage 2's encoder phase leaves the DIRformer unused
     loop = StepLoop(total, sdir, seed=int(cfg.get("seed", 0)), save_every=o["save_checkpoint_freq"],
@@ -424,8 +468,17 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
     paired = isinstance(data, dict)
     if paired:
         pairs = load_pairs(data.get("lq") or data.get("dataroot_lq"), data.get("gt") or data.get("dataroot_gt"))
+        need = max(sizes_to_check) // sf
+        for lq_t, gt_t in pairs:  # paired crops are never upscaled: every pair must hold the largest patch
+            h, w = lq_t.shape[-2:]
+            if gt_t.shape[-2:] != (h * sf, w * sf):
+                raise ConfigError(f"paired images do not fit scale {sf}: input {w}x{h}, ground truth "
+                                  f"{gt_t.shape[-1]}x{gt_t.shape[-2]}")
+            if min(h, w) < need:
+                raise ConfigError(f"{size_key} {max(sizes_to_check)} needs input images of at least {need}x{need} "
+                                  f"px; a paired input image is {w}x{h}")
     else:
-        imgs = load_images(data, max(sizes_to_check))
+        imgs = load_images(data, max(sizes_to_check), crop_name=size_key)
     val = dict(o["val"])
     if val_freq is not None:
         val["val_freq"] = val_freq
@@ -671,7 +724,11 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
         return scores
 
     t0 = time.time()
-    loop.run(step, state, hooks=[(vf, validate)], local=local, on_save=save_net_d)
+    what = (f"gt_sizes up to {max(prog[0])} and mini_batch_sizes up to {max(prog[1])}" if progressive
+            else f"gt_size {gt_size} and batch_size {batch}")
+    with out_of_memory_as_error(what, f"use a smaller {size_key} or "
+                                      f"{'mini_batch_sizes' if progressive else 'batch_size'} in the config"):
+        loop.run(step, state, hooks=[(vf, validate)], local=local, on_save=save_net_d)
     info = {"stage": st, "steps": loop.last, "encoder_iter": encoder_iter, "seconds": time.time() - t0,
             "task": task, "history": loop.history, "validation": loop.val_history, "resumed_from": loop.start}
     if loop.is_main:

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ...diffusion import LinearSchedule
-from ...errors import ConfigError
+from ...errors import ConfigError, check_number
 from ...nets.guided_unet import GuidedUNet, GuidedUNetConfig
-from ...training import load_images, random_crops
+from ...training import check_training_output, load_images, out_of_memory_as_error, random_crops
 
 #: small configuration of the bundled demo prior
 DEMO_UNET = GuidedUNetConfig(image_size=64, model_channels=32, out_channels=3, num_res_blocks=1,
@@ -109,7 +109,8 @@ def load_prior_config(path: str | Path) -> tuple[GuidedUNetConfig, dict]:
         else:
             data = {"unet": json.loads(text)}
         if not isinstance(data, dict) or set(data) - {"unet", "train", "name"}:
-            raise ValueError(f"top-level keys must be unet, train, name; got {sorted(data) if isinstance(data, dict) else type(data).__name__}")
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"top-level keys must be unet, train, name; got {got}")
         cfg = GuidedUNetConfig.from_dict(data.get("unet") or {})
         train = dict(data.get("train") or {})
         bad = set(train) - set(TRAIN_DEFAULTS)
@@ -141,20 +142,30 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
     from ...training import RandomStream, StepLoop
 
     cfg = config or DEMO_UNET
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("crop", crop)):
-        if int(value) < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
-    if not float(lr) > 0:
-        raise ConfigError(f"lr must be > 0, got {lr}")
+    # every setting is checked before anything is read or trained (flags and config values alike)
+    steps, batch_size, crop = (check_number(v, name, lo=1, integer=True)
+                               for name, v in (("steps", steps), ("batch_size", batch_size), ("crop", crop)))
+    lr = check_number(lr, "lr", lo=0, lo_open=True)
+    ema_decay = check_number(ema_decay, "ema_decay", lo=0, hi=1)
+    seed = check_number(seed, "seed", integer=True)
+    warmup = check_number(warmup, "warmup", lo=0, integer=True)
+    save_every = check_number(save_every or 0, "save_every", lo=0, integer=True)
+    log_every = check_number(log_every or 0, "log_every", lo=0, integer=True)
+    if time_limit is not None:
+        check_number(time_limit, "time_limit", lo=0)
+    if time_budget is not None:
+        check_number(time_budget, "time_budget", lo=0, lo_open=True)
     if crop % cfg.size_multiple:
         raise ConfigError(f"crop size must be a multiple of {cfg.size_multiple}")
-    if not float(t_power) > 0:
+    if not check_number(t_power, "t_power") > 0:
         raise ConfigError("t_power must be > 0")
     if save_dtype not in ("fp32", "fp16"):
         raise ConfigError("save_dtype must be fp32 or fp16")
-    out = Path(output)
-    imgs = load_images(data, crop)
-    loop = StepLoop(int(steps), state_dir or out.with_name(out.stem + "_training_states"), seed=seed,
+    sdir = Path(state_dir) if state_dir else Path(output).with_name(Path(output).stem + "_training_states")
+    out = check_training_output(output, data=[data], inputs={"--init weights": init, "--resume state": resume},
+                                state_dir=sdir if save_every else None)
+    imgs = load_images(data, crop, crop_name="crop")
+    loop = StepLoop(int(steps), sdir, seed=seed,
                     save_every=save_every, mixed_precision=mixed_precision if torch.cuda.is_available() else "no",
                     log=log, log_every=log_every, tag="prior", time_limit=time_limit)
     acc = loop.acc
@@ -216,7 +227,8 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
                 log(f"time budget {time_budget:.0f}s at {rate:.1f} steps/s: {loop.total} steps")
         return {"loss": loss}
 
-    loop.run(step, state, local=local)
+    with out_of_memory_as_error(f"crop {crop} and batch size {batch_size}", "use a smaller --crop or --batch-size"):
+        loop.run(step, state, local=local)
     tail = [r["loss"] for r in loop.history[-200:]]
     info = {"steps": loop.last, "final_loss": torch.tensor(tail).mean().item() if tail else float("nan"),
             "seconds": time.time() - t0, "images": len(imgs), "crop": crop, "batch_size": batch_size, "lr": lr,
