@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 
-from .errors import RestoreKitError, TaskError
+from .errors import RestoreKitError, TaskError, check_api_number
 from .files import batches_by_size
 from .io import from_tensor, to_tensor
 from .registry import get_card, get_method
@@ -71,6 +73,23 @@ def check_image_size(method: str, h: int, w: int, max_megapixels: float | None =
             f"crop or downscale it, or raise the limit with --max-megapixels / max_megapixels=")
 
 
+#: largest ``scale`` the Python API and the CLI (``--scale``) take for SR
+MAX_SCALE = 16
+
+
+def check_seed(seed, what: str = "seed") -> int | None:
+    """``seed`` as an int in [0, 2**63 - 1] (the CLI's --seed range), ``None`` left alone; else a
+    :class:`ConfigError` naming ``what``."""
+    if seed is None:
+        return None
+    return check_api_number(seed, what, lo=0, hi=2**63 - 1, integer=True)
+
+
+def check_scale(scale, what: str = "scale") -> int:
+    """An SR factor for methods with whole factors (DiffPIR, classical): an int in [1, MAX_SCALE], as --scale."""
+    return check_api_number(scale, what, lo=1, hi=MAX_SCALE, integer=True, error=TaskError)
+
+
 def check_operator_fits(operator, hw) -> None:
     """An operator built for another image size is a :class:`TaskError`, not a shape error deep inside."""
     if operator is None:
@@ -123,8 +142,8 @@ def same_size_groups(ys: list, seeds=None, *, device, default_seed: int, key=Non
     groups: dict = {}
     for k, y in enumerate(ys):
         groups.setdefault(key(k) if key is not None else tuple(y.shape), []).append(k)
-    plan = [(idx, [torch.Generator().manual_seed(default_seed if seeds[k] is None else int(seeds[k])) for k in idx])
-            for idx in groups.values()]
+    seeds = [default_seed if s is None else check_seed(s) for s in seeds]
+    plan = [(idx, [torch.Generator().manual_seed(seeds[k]) for k in idx]) for idx in groups.values()]
     return ys, plan
 
 
@@ -163,7 +182,11 @@ class Restorer:
         """
         card = None
         path = None
-        if name_or_path is not None and str(name_or_path) == "":
+        if name_or_path is not None and not isinstance(name_or_path, (str, os.PathLike)):
+            raise RestoreKitError(f"from_pretrained expects a model name or a weights path, got {name_or_path!r}")
+        # "" is no name: refused below where the method needs weights (the CLI passes a weightless method's "")
+        empty = name_or_path is not None and str(name_or_path) == ""
+        if empty:
             name_or_path = None
         resolve_device(device)  # an impossible device fails before any weights are read
         if name_or_path is None and cls is Restorer and method is None:
@@ -185,6 +208,9 @@ class Restorer:
             target = get_method(m)
         elif card is not None and card.method != cls.name:
             raise RestoreKitError(f"model {card.name!r} belongs to method {card.method!r}, not {cls.name!r}")
+        if empty and getattr(target, "needs_weights", True):
+            raise RestoreKitError(f"empty model name: pass a model card or a weights path, or leave it out (None) for "
+                                  f"{target.name}'s default model")
         if not getattr(target, "needs_weights", True):
             if name_or_path is not None:
                 raise RestoreKitError(f"method {target.name!r} takes no weights (got {name_or_path!r})")
@@ -235,6 +261,39 @@ class Restorer:
         if task not in self.tasks:
             raise TaskError(f"method {self.name!r} does not do task {task!r}; it does: {', '.join(self.tasks)}")
 
+    def _own_options(self) -> set:
+        """The keyword arguments :meth:`restore_tensor` names itself beyond the common ones (DiffPIR's ``scale``):
+        they do not go to ``make_config``."""
+        common = {"self", "y", "task", "operator", "steps", "seed", "progress"}
+        return {n for n, p in inspect.signature(self.restore_tensor).parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in common}
+
+    def restored_size(self, task: str, operator, hw, options: dict) -> tuple[int, int]:
+        """Size of the image the method makes from an ``hw`` observation, for the megapixel guard: SR multiplies by
+        the operator's factor, or by the ``scale`` option (the method's default when not given)."""
+        h, w = int(hw[0]), int(hw[1])
+        f = getattr(operator, "sf", None)
+        if f is None and task == "sr":
+            f = options.get("scale")
+            if f is None:
+                p = inspect.signature(self.restore_tensor).parameters.get("scale")
+                f = None if p is None or p.default is inspect.Parameter.empty else p.default
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 1 < f <= 1e4:
+            return h, w  # no factor, or a bad one that the method refuses
+        return int(h * f), int(w * f)
+
+    def check_options(self, task: str, operator=None, steps: int | None = None, **options) -> None:
+        """Check a run's options before its first image (:meth:`restore_folder`): one operator (or a callable
+        ``operator(image) -> operator``), not a list, and options that :meth:`make_config` (where the method has one)
+        accepts. Methods extend it with the checks of their own arguments (``scale``, the operator's kind)."""
+        if isinstance(operator, (list, tuple)):
+            raise TaskError("restore_folder takes one operator for every image (or a callable "
+                            "operator(image_tensor) -> operator), not a list")
+        make = getattr(self, "make_config", None)
+        if make is not None:
+            own = self._own_options()
+            make(task, steps, **{k: v for k, v in options.items() if k not in own})
+
     def restore(self, image, task: str | None = None, operator=None, steps: int | None = None,
                 seed: int | None = None, max_megapixels: float | None = None, max_batch: int | None = None,
                 **options):
@@ -250,6 +309,9 @@ class Restorer:
         if task is None:
             raise TaskError(f"pass task=...; method {self.name!r} does: {', '.join(self.tasks)}")
         self.check_task(task)
+        seed = check_seed(seed)
+        if max_megapixels is not None:
+            max_megapixels = check_api_number(max_megapixels, "max_megapixels", lo=0, lo_open=True)
         batched_tensor = isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[0] != 1
         if isinstance(image, (list, tuple)) or batched_tensor:
             items = list(image.unbind(0)) if batched_tensor else list(image)
@@ -263,7 +325,8 @@ class Restorer:
             xs, infos = [], []
             for im, op in zip(items, ops):
                 x, info = to_tensor(im)
-                check_image_size(self.name, *x.shape[-2:], max_megapixels=max_megapixels)
+                check_image_size(self.name, *self.restored_size(task, op, x.shape[-2:], options),
+                                 max_megapixels=max_megapixels)
                 check_operator_fits(op, x.shape[-2:])
                 xs.append(x.to(self.device))
                 infos.append(info)
@@ -280,7 +343,8 @@ class Restorer:
                     outs[k] = from_tensor(r, info)
             return torch.stack(outs) if batched_tensor else outs
         x, info = to_tensor(image)
-        check_image_size(self.name, *x.shape[-2:], max_megapixels=max_megapixels)
+        check_image_size(self.name, *self.restored_size(task, operator, x.shape[-2:], options),
+                         max_megapixels=max_megapixels)
         check_operator_fits(operator, x.shape[-2:])
         out = self.restore_tensor(x.to(self.device), task=task, operator=operator, steps=steps, seed=seed, **options)
         if info.kind == "file":
@@ -314,7 +378,9 @@ class Restorer:
         skipped unless ``overwrite``; image k (sorted) gets seed ``seed + k``; an image that fails is reported
         and the others go on. ``operator`` is one operator for every image, or a callable
         ``operator(image_tensor) -> operator``. ``max_batch`` same-size images (in sorted order) are restored
-        together through :meth:`restore_batch`, with the results they get one at a time. Returns ``{"written": [...], "skipped": [...], "failed": {path: message}}``.
+        together through :meth:`restore_batch`, with the results they get one at a time. Returns
+        ``{"written": [...], "skipped": [...], "failed": {path: message}}``. The options, seed and operator are
+        checked before the first image (:meth:`check_options`): a bad one raises instead of failing every image.
         """
         from .files import check_not_inputs, check_writable, collect_inputs, image_size, plan_outputs
         from .io import read_image, save_image
@@ -323,6 +389,11 @@ class Restorer:
         if task is None:
             raise TaskError(f"pass task=...; method {self.name!r} does: {', '.join(self.tasks)}")
         self.check_task(task)
+        if not isinstance(output, (str, os.PathLike)) or str(output) == "":
+            raise RestoreKitError(f"restore_folder needs an output folder (a path), got {output!r}")
+        seed = check_seed(0 if seed is None else seed)
+        max_batch = check_api_number(max_batch, "max_batch", lo=1, integer=True)
+        self.check_options(task, operator, steps, **options)  # a bad option fails here, not on every image
         jobs, _ = collect_inputs(input, recursive)
         plan_outputs(jobs, output, False, self.name, task)
         check_not_inputs([j.output for j in jobs], [j.input for j in jobs], overwrite)
@@ -341,8 +412,8 @@ class Restorer:
                 try:
                     arr, info = read_image(j.input)
                     x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
-                    check_image_size(self.name, *x.shape[-2:])
                     op = operator(x) if callable(operator) and not hasattr(operator, "forward") else operator
+                    check_image_size(self.name, *self.restored_size(task, op, x.shape[-2:], options))
                     check_operator_fits(op, x.shape[-2:])
                     loaded.append((j, x.to(self.device), info, op))
                 except RestoreKitError as e:

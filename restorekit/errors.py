@@ -56,3 +56,30 @@ def check_number(v, what: str, *, lo=None, hi=None, lo_open: bool = False, hi_op
             f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else f"{'<' if hi_open else '<='} {hi:g}")
         raise ConfigError(f"{what} must be {rng}, got {v}")
     return int(v) if integer else v
+
+
+def check_api_number(v, what: str, *, error: type = ConfigError, **limits):
+    """:func:`check_number` for a value given to the Python API: a numpy scalar or a one-element 0-d array / tensor
+    counts as the number it holds; the error is ``error`` (a :class:`RestoreKitError` subclass) with the same
+    one-line message. ``limits`` are :func:`check_number`'s (``lo``, ``hi``, ``lo_open``, ``hi_open``, ``integer``)."""
+    if not isinstance(v, (bool, int, float, str)) and getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
+        try:
+            v = v.item()
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    try:
+        return check_number(v, what, **limits)
+    except ConfigError as e:
+        if error is ConfigError:
+            raise
+        raise error(str(e)) from None
+
+
+def check_flag(v, what: str, *, error: type = ConfigError) -> bool:
+    """``v`` as a bool (``True`` / ``False``, numpy's, or the whole numbers 0 / 1), or ``error`` naming ``what``: a
+    text such as ``"false"`` would otherwise be read as true."""
+    if isinstance(v, bool):
+        return v
+    if type(v).__name__ == "bool_" or (isinstance(v, int) and v in (0, 1)):
+        return bool(v)
+    raise error(f"{what} expects True or False, got {v!r}")

@@ -18,6 +18,18 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from ..errors import TaskError, check_api_number
+
+
+class OperatorError(TaskError, ValueError):
+    """A bad operator argument (kernel, mask, scale factor, ...): a one-line :class:`TaskError`, and a
+    ``ValueError`` as these checks raised before."""
+
+
+def check_scale_factor(sf, what: str = "scale factor") -> int:
+    """``sf`` as an int >= 1 (a whole float or numpy number is fine), else an :class:`OperatorError`."""
+    return check_api_number(sf, what, lo=1, integer=True, error=OperatorError)
+
 
 class LinearOperator(ABC):
     """Base class of the degradations (blur, blur + decimation, masking)."""
@@ -71,15 +83,14 @@ def as_rho(rho, ref: torch.Tensor) -> torch.Tensor:
         r = r.reshape(1, 1, 1, 1)
     elif r.ndim == 1:
         r = r.reshape(-1, 1, 1, 1)
-    if torch.any(r <= 0):
-        raise ValueError("rho must be positive")
+    if not bool(torch.all(r > 0)):
+        raise OperatorError("rho must be positive")
     return r
 
 
 def add_gaussian_noise(y: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Additive white Gaussian noise with std ``sigma`` (image scale [0, 1])."""
-    if sigma < 0:
-        raise ValueError("noise sigma must be >= 0")
+    sigma = check_api_number(sigma, "noise sigma", lo=0, error=OperatorError)
     if sigma == 0:
         return y.clone()
     noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device="cpu").to(y.device)

@@ -20,7 +20,8 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-from .base import LinearOperator, as_rho
+from ..errors import check_api_number
+from .base import LinearOperator, OperatorError, as_rho, check_scale_factor
 
 # ----------------------------------------------------------------------------
 # kernels
@@ -31,7 +32,7 @@ def _normalise(k: np.ndarray) -> torch.Tensor:
     k = np.asarray(k, dtype=np.float64)
     s = k.sum()
     if not np.isfinite(s) or s <= 0:
-        raise ValueError("blur kernel must have a positive sum")
+        raise OperatorError("blur kernel must have a positive sum")
     return torch.from_numpy(k / s).float()
 
 
@@ -42,10 +43,10 @@ def gaussian_kernel(size: int = 61, std: float = 3.0) -> torch.Tensor:
     (reflect boundary, truncate 4), which folds the tails of wide Gaussians
     back into the window instead of cutting them; we do the same.
     """
-    if size < 1 or size % 2 == 0:
-        raise ValueError("kernel size must be a positive odd number")
-    if std <= 0:
-        raise ValueError("kernel std must be positive")
+    size = check_api_number(size, "kernel size", lo=1, integer=True, error=OperatorError)
+    if size % 2 == 0:
+        raise OperatorError(f"kernel size must be a positive odd number, got {size}")
+    check_api_number(std, "kernel std", lo=0, lo_open=True, error=OperatorError)
     delta = np.zeros((size, size))
     delta[size // 2, size // 2] = 1.0
     return _normalise(scipy.ndimage.gaussian_filter(delta, sigma=std))
@@ -68,10 +69,10 @@ def motion_kernel(size: int = 61, intensity: float = 0.5, rng: np.random.Generat
     fitted inside the window, rasterised with bilinear splatting along densely
     resampled points, smoothed slightly (sub-pixel exposure) and normalised.
     """
-    if not 0.0 <= intensity <= 1.0:
-        raise ValueError("motion intensity must be in [0, 1]")
-    if size < 3 or size % 2 == 0:
-        raise ValueError("kernel size must be an odd number >= 3")
+    check_api_number(intensity, "motion intensity", lo=0, hi=1, error=OperatorError)
+    size = check_api_number(size, "kernel size", lo=3, integer=True, error=OperatorError)
+    if size % 2 == 0:
+        raise OperatorError(f"kernel size must be an odd number >= 3, got {size}")
     rng = np.random.default_rng(rng)
     usable = size - 4  # keep a margin for the smoothing
     length = usable * (0.2 + 0.8 * intensity) * rng.uniform(0.5, 1.0) + 1.0
@@ -130,8 +131,7 @@ def bicubic_kernel(sf: int) -> torch.Tensor:
     ``h[m] = cubic((m + (sf-1)/2) / sf) / sf``; the kernel array is centred at
     ``m = 0`` (index ``size // 2``), as the FFT solver expects.
     """
-    if sf < 1:
-        raise ValueError("scale factor must be >= 1")
+    sf = check_scale_factor(sf)
     if sf == 1:
         k = np.zeros((1, 1))
         k[0, 0] = 1
@@ -178,6 +178,26 @@ def _aliases(x: torch.Tensor, sf: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------
 
 
+def check_kernel(kernel) -> torch.Tensor:
+    """``kernel`` as a (kh, kw) float32 tensor (leading dims of size 1 are dropped), or an :class:`OperatorError`
+    naming what is wrong: not numbers, not 2-D, empty, not finite, or a sum <= 0 (a blur keeps the image's mean).
+    Negative taps are allowed (the bicubic kernel has them)."""
+    try:
+        k = torch.as_tensor(kernel, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise OperatorError(f"blur kernel must be a 2-D array of numbers, got {type(kernel).__name__}") from None
+    if k.ndim < 2 or k.numel() != k.shape[-2] * k.shape[-1] or k.numel() == 0:
+        raise OperatorError(f"blur kernel must be a non-empty 2-D array (kh, kw), got shape {tuple(k.shape)}")
+    if k.ndim != 2:
+        k = k.reshape(k.shape[-2], k.shape[-1])
+    if not bool(torch.isfinite(k).all()):
+        raise OperatorError("blur kernel has non-finite values (nan or inf)")
+    total = float(k.double().sum())
+    if not total > 0:
+        raise OperatorError(f"blur kernel must have a positive sum (a blur keeps the image's mean), got {total:g}")
+    return k
+
+
 class BlurDownsample(LinearOperator):
     """``y = S (k * x)``: circular blur then keep the upper-left pixel of each sf x sf block.
 
@@ -188,13 +208,9 @@ class BlurDownsample(LinearOperator):
     name = "blur_downsample"
 
     def __init__(self, kernel: torch.Tensor, sf: int = 1):
-        if sf < 1 or int(sf) != sf:
-            raise ValueError("scale factor must be a positive integer")
-        k = torch.as_tensor(kernel, dtype=torch.float32)
-        if k.ndim != 2:
-            k = k.reshape(k.shape[-2], k.shape[-1])
-        self.kernel = k
-        self.sf = int(sf)
+        sf = check_scale_factor(sf)
+        self.kernel = check_kernel(kernel)
+        self.sf = sf
         self._cache: dict = {}
 
     # cached FFT of the kernel for a given HR size / device / dtype
@@ -208,7 +224,7 @@ class BlurDownsample(LinearOperator):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.shape[-1] % self.sf or x.shape[-2] % self.sf:
-            raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the scale factor {self.sf}")
+            raise OperatorError(f"image size {tuple(x.shape[-2:])} is not divisible by the scale factor {self.sf}")
 
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         fb = self._otf(x.shape[-2], x.shape[-1], x.device, x.dtype)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import TaskError
-from .base import LinearOperator, as_rho
+from .base import LinearOperator, OperatorError, as_rho
 
 
 class Inpainting(LinearOperator):
@@ -19,15 +19,12 @@ class Inpainting(LinearOperator):
     name = "inpaint"
 
     def __init__(self, mask: torch.Tensor):
-        m = torch.as_tensor(mask, dtype=torch.float32)
-        while m.ndim < 4:
-            m = m[None]
-        self.mask = m
+        self.mask = check_mask(mask)
 
     def _m(self, ref: torch.Tensor) -> torch.Tensor:
         m = self.mask.to(device=ref.device, dtype=ref.dtype)
         if m.shape[-2:] != ref.shape[-2:]:
-            raise ValueError(f"mask size {tuple(m.shape[-2:])} does not match image size {tuple(ref.shape[-2:])}")
+            raise OperatorError(f"mask size {tuple(m.shape[-2:])} does not match image size {tuple(ref.shape[-2:])}")
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,6 +40,29 @@ class Inpainting(LinearOperator):
 
     def describe(self) -> dict:
         return {"operator": self.name, "observed_fraction": float(self.mask.mean())}
+
+
+def check_mask(mask) -> torch.Tensor:
+    """``mask`` as a float32 (N, C, H, W) tensor (fewer dims get leading dims of size 1), or an
+    :class:`OperatorError`: not numbers, more than 4-D, empty, or values that are not finite or outside [0, 1]
+    (1 = observed pixel, 0 = missing; soft masks in between are allowed)."""
+    try:
+        m = torch.as_tensor(mask, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise OperatorError(f"inpainting mask must be an array of numbers in [0, 1], "
+                            f"got {type(mask).__name__}") from None
+    if m.ndim > 4 or m.numel() == 0:
+        raise OperatorError(f"inpainting mask must be a non-empty (H, W), (C, H, W) or (N, C, H, W) array, "
+                            f"got shape {tuple(m.shape)}")
+    while m.ndim < 4:
+        m = m[None]
+    if not bool(torch.isfinite(m).all()):
+        raise OperatorError("inpainting mask has non-finite values (nan or inf); use 1 = observed, 0 = missing")
+    lo, hi = float(m.min()), float(m.max())
+    if lo < 0 or hi > 1:
+        raise OperatorError(f"inpainting mask values must be in [0, 1] (1 = observed, 0 = missing), got "
+                            f"{lo:g} to {hi:g}")
+    return m
 
 
 def random_mask(h: int, w: int, prob: float = 0.5, rng: np.random.Generator | int | None = None) -> torch.Tensor:

@@ -63,7 +63,13 @@ def _kernel_step(gx: torch.Tensor, gy: torch.Tensor, Y: torch.Tensor, dh, dv, si
     den = Gx.abs() ** 2 + Gy.abs() ** 2
     kc = torch.fft.ifft2((torch.conj(Gx) * dh * Y + torch.conj(Gy) * dv * Y) / (den + beta * den.mean())).real
     r = size // 2
-    k = torch.roll(kc, (r, r), dims=(0, 1))[:size, :size].clamp_min(0)
+    ry, rx = min(r, kc.shape[0] // 2), min(r, kc.shape[1] // 2)
+    hh, ww = min(kc.shape[0], size), min(kc.shape[1], size)
+    k = torch.roll(kc, (ry, rx), dims=(0, 1))[:hh, :ww]
+    if (hh, ww) != (size, size):  # an image (scale) smaller than the kernel: all of it, centred in size x size
+        k = torch.zeros(size, size, dtype=kc.dtype).index_put_(
+            (torch.arange(r - ry, r - ry + hh)[:, None], torch.arange(r - rx, r - rx + ww)[None, :]), k)
+    k = k.clamp_min(0)
     if not float(k.max()) > 0:
         return None
     k = torch.where(k < 0.05 * k.max(), torch.zeros_like(k), k)
@@ -88,7 +94,8 @@ def estimate_kernel(y: torch.Tensor, size: int = 31, iterations: int = 7, alpha:
     for s in range(n_scales - 1, -1, -1):
         f = math.sqrt(2) ** (-s)
         ks = max(3, int(round(size * f)) | 1)
-        h, w = max(8, int(round(H * f))), max(8, int(round(W * f)))
+        # the finest scale is the image itself (an image under 8 px is not brought up to 8: gs is g there)
+        h, w = (H, W) if s == 0 else (max(8, int(round(H * f))), max(8, int(round(W * f))))
         gs = g if s == 0 else F.interpolate(g[None, None], size=(h, w), mode="bilinear", antialias=True,
                                             align_corners=False)[0, 0]
         dh, dv = gradient_otfs(h, w)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -10,9 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...api import Restorer
-from ...errors import TaskError
-from ...operators import BicubicDownsample, BlurDownsample, Inpainting, psf2otf
+from ...api import Restorer, check_scale, check_seed
+from ...errors import TaskError, check_api_number
+from ...operators import BicubicDownsample, BlurDownsample, Inpainting, LinearOperator, psf2otf
 from ...registry import register_method
 
 #: task -> algorithms (the first is the default)
@@ -69,47 +68,67 @@ class Classical(Restorer):
                 raise TaskError(f"option {k!r} does not apply to the classical baselines; options are "
                                 f"{', '.join(sorted(names))}")
             setattr(cfg, k, v)
-        if cfg.algorithm not in ALGORITHMS[task]:
+        if not isinstance(cfg.algorithm, str) or cfg.algorithm not in ALGORITHMS[task]:
             raise TaskError(f"classical {task}: algorithm {cfg.algorithm!r}; choose {', '.join(ALGORITHMS[task])}")
-        if not (math.isfinite(cfg.noise_level) and cfg.noise_level >= 0):
-            raise TaskError("noise_level must be a finite number >= 0")
-        if cfg.iterations < 1:
-            raise TaskError("iterations must be >= 1")
-        if cfg.kernel_size < 3 or cfg.kernel_size % 2 == 0:
-            raise TaskError("kernel_size must be an odd number >= 3")
+        # finite and in range (noise_level: the CLI's --noise range): an infinite tv_weight gave a black image
+        check_api_number(cfg.noise_level, "noise_level", lo=0, hi=1, error=TaskError)
+        check_api_number(cfg.tv_weight, "tv_weight (0: chosen from noise_level)", lo=0, error=TaskError)
+        cfg.iterations = check_api_number(cfg.iterations, "iterations", lo=1, integer=True, error=TaskError)
+        cfg.kernel_size = check_api_number(cfg.kernel_size, "kernel_size", lo=3, integer=True, error=TaskError)
+        if cfg.kernel_size % 2 == 0:
+            raise TaskError(f"kernel_size must be an odd number >= 3, got {cfg.kernel_size}")
         return cfg
+
+    def check_options(self, task: str, operator=None, steps: int | None = None, scale: int = 4, **options) -> None:
+        super().check_options(task, operator, steps, **options)
+        check_scale(scale)
+        if isinstance(operator, LinearOperator):  # not a callable that makes one per image
+            self._check_operator(task, self.make_config(task, steps, **options), operator)
+
+    @staticmethod
+    def _check_operator(task: str, cfg: ClassicalConfig, operator) -> None:
+        """The operator fits the task and algorithm (SR: none or an SR operator; wiener / tv: a Blur; inpainting: a
+        mask), else a :class:`TaskError`."""
+        if task == "sr" and operator is not None and not isinstance(operator, BlurDownsample):
+            raise TaskError("classical SR needs no operator, or an SR operator for its factor")
+        if task == "deblur" and cfg.algorithm != "blind_wiener" and (
+                not isinstance(operator, BlurDownsample) or isinstance(operator, BicubicDownsample)
+                or operator.sf != 1):
+            raise TaskError("classical deblurring with wiener / tv is non-blind: pass operator=Blur(kernel) (CLI: "
+                            "--kernel-file), or use algorithm='blind_wiener'")
+        if task == "inpaint" and not isinstance(operator, Inpainting):
+            raise TaskError("classical inpainting needs operator=Inpainting(mask) (CLI: --mask-file)")
 
     @torch.no_grad()
     def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
                        seed: int | None = None, progress=None, scale: int = 4, **options) -> torch.Tensor:
         cfg = self.make_config(task, steps, **options)
+        scale = check_scale(scale)
+        check_seed(seed)  # no randomness here, but a bad seed is refused as by the other methods
+        self._check_operator(task, cfg, operator)
         y = y.detach().to("cpu", torch.float64)
         if task == "sr":
-            if operator is not None and not isinstance(operator, BlurDownsample):
-                raise TaskError("classical SR needs no operator, or an SR operator for its factor")
-            sf = operator.sf if operator is not None else int(scale)
+            sf = operator.sf if operator is not None else scale
             out = upscale(y, sf, cfg.algorithm)
         elif task == "deblur" and cfg.algorithm == "blind_wiener":
             from .blind import blind_wiener
 
             out, _ = blind_wiener(y, cfg.noise_level, int(cfg.kernel_size))
         elif task == "deblur":
-            if not isinstance(operator, BlurDownsample) or isinstance(operator, BicubicDownsample) or operator.sf != 1:
-                raise TaskError("classical deblurring with wiener / tv is non-blind: pass operator=Blur(kernel) (CLI: "
-                                "--kernel-file), or use algorithm='blind_wiener'")
             k = operator.kernel.to(torch.float64)
             if cfg.algorithm == "wiener":
                 out = wiener_deconvolve(y, k, cfg.noise_level)
             else:
                 out = tv_deconvolve(y, k, cfg.noise_level, cfg.tv_weight or None, cfg.iterations)
         elif task == "inpaint":
-            if not isinstance(operator, Inpainting):
-                raise TaskError("classical inpainting needs operator=Inpainting(mask) (CLI: --mask-file)")
             mask = (operator.mask[0, 0] > 0.5).numpy() if operator.mask.shape[1] == 1 else (
                 operator.mask[0].min(0).values > 0.5).numpy()
             out = inpaint(y, mask, cfg.algorithm, per_channel=operator.mask.shape[1] > 1)
         else:
             out = bm3d_denoise(y, cfg.noise_level)
+        if not bool(torch.isfinite(out).all()):
+            raise TaskError(f"classical {cfg.algorithm} produced non-finite values (nan or inf); check the options "
+                            f"and the operator")
         if progress is not None:
             progress(0, 1, 0)
         return out.clamp(0, 1).to(self.device, torch.float32)

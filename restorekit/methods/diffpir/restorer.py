@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ...api import Restorer, resolve_dtype
+from ...api import Restorer, check_scale, check_seed, resolve_dtype
 from ...diffusion import LinearSchedule
-from ...errors import TaskError, WeightsError
+from ...errors import TaskError, WeightsError, check_api_number, check_flag
 from ...nets.guided_unet import FFHQ_10M, IMAGENET_256_UNCOND, GuidedUNet, GuidedUNetConfig
 from ...operators import BicubicDownsample, BlurDownsample, Inpainting, LinearOperator
 from ...registry import register_method
@@ -94,13 +94,8 @@ class DiffPIR(Restorer):
             if v is not None:
                 setattr(cfg, k, v)
         if steps is not None:
-            cfg.steps = int(steps)
-        if cfg.steps < 1:
-            raise TaskError("steps must be >= 1")
-        if not 0.0 <= cfg.zeta <= 1.0:
-            raise TaskError("zeta must be in [0, 1]")
-        if cfg.noise_level < 0:
-            raise TaskError("noise level must be >= 0")
+            cfg.steps = steps
+        self._check_values(cfg)
         try:
             cfg.check()
         except ValueError as e:
@@ -114,6 +109,38 @@ class DiffPIR(Restorer):
             raise TaskError("sr_mode='cubic' (the IBP data step) applies to task 'sr' only")
         return cfg
 
+    #: bool options: a text such as "false" would be read as true
+    _FLAGS = ("use_last_x0", "official_rng", "sub_1_analytic", "skip_noise_model_t", "ddim_sample",
+              "classical_degradation", "start_from_t_y", "paste_observed")
+
+    def _check_values(self, cfg: DiffPIRConfig) -> None:
+        """Every number of ``cfg`` finite and in range (the CLI's ranges for the options it has flags for), whole
+        where it counts steps, and the flags bools: a NaN or infinite lambda / eta gave an all-black image."""
+        def num(name, **limits):
+            v = check_api_number(getattr(cfg, name), name, error=TaskError, **limits)
+            if limits.get("integer"):
+                setattr(cfg, name, v)
+
+        T = self.schedule.num_train_timesteps
+        num("steps", lo=1, hi=T, integer=True)
+        num("lambda_", lo=0, lo_open=True)
+        num("zeta", lo=0, hi=1)
+        num("eta", lo=0)
+        num("noise_level", lo=0, hi=1)
+        num("guidance_scale")
+        num("gamma")
+        num("iter_num_U", lo=1, integer=True)
+        num("inIter", lo=0, integer=True)
+        if cfg.t_start is not None:
+            num("t_start", lo=0, hi=T - 1, integer=True)
+        if cfg.noise_level_model is not None:
+            num("noise_level_model", lo=0)
+        if cfg.noise_init_img is not None and cfg.noise_init_img != "max":
+            check_api_number(cfg.noise_init_img, "noise_init_img ('max' or a noise level on the 0-255 scale)",
+                             lo=0, error=TaskError)
+        for name in self._FLAGS:
+            setattr(cfg, name, check_flag(getattr(cfg, name), name, error=TaskError))
+
     def _check_operator(self, task: str, operator, scale: int) -> LinearOperator:
         if operator is None:
             if task == "sr":
@@ -126,6 +153,12 @@ class DiffPIR(Restorer):
         if not ok:
             raise TaskError(f"operator {type(operator).__name__} does not fit task {task!r}")
         return operator
+
+    def check_options(self, task: str, operator=None, steps: int | None = None, scale: int = 4, **options) -> None:
+        super().check_options(task, operator, steps, **options)
+        scale = check_scale(scale)
+        if isinstance(operator, LinearOperator):  # not a callable that makes one per image
+            self._check_operator(task, operator, scale)
 
     def _x_init(self, y: torch.Tensor, op, task: str, cfg: DiffPIRConfig) -> torch.Tensor:
         """The image the chain starts from: y (deblur), bicubic(y) (SR), y * mask (inpaint)."""
@@ -148,6 +181,9 @@ class DiffPIR(Restorer):
             out = diffpir_sample(model, y, op, x_init, cfg, self.schedule, gen, callback=progress, task=task)
         except ValueError as e:
             raise TaskError(str(e)) from None
+        if not bool(torch.isfinite(out).all()):
+            raise TaskError("DiffPIR produced non-finite values (nan or inf); check the options (lambda_, zeta, eta, "
+                            "noise_level, guidance_scale) and the operator")
         return out.clamp(0, 1)
 
     def _net(self):
@@ -164,7 +200,8 @@ class DiffPIR(Restorer):
                        seed: int | None = None, progress=None, scale: int = 4, **options) -> torch.Tensor:
         self.check_task(task)
         cfg = self.make_config(task, steps, **options)
-        op = self._check_operator(task, operator, scale)
+        op = self._check_operator(task, operator, check_scale(scale))
+        seed = check_seed(seed)
         y = y.to(self.device, torch.float32)
         x_init = self._x_init(y, op, task, cfg)
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
@@ -184,6 +221,7 @@ class DiffPIR(Restorer):
         self.check_task(task)
         cfg = self.make_config(task, steps, **options)
         n = len(ys)
+        scale = check_scale(scale)
         ops = [self._check_operator(task, op, scale) for op in per_image_operators(ops, n)]
         ys, plan = same_size_groups(ys, seeds, device=self.device, default_seed=0,
                                     key=lambda k: (tuple(ys[k].shape), ops[k].input_size(*ys[k].shape[-2:])))
