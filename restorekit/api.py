@@ -11,6 +11,7 @@ from typing import ClassVar
 import torch
 
 from .errors import RestoreKitError, TaskError, check_api_number
+from .limits import LIMITS, check_option
 from .files import batches_by_size
 from .io import from_tensor, to_tensor
 from .registry import get_card, get_method
@@ -59,22 +60,27 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-#: largest image (in megapixels) a method restores in one piece by default; the UNet of DiffPIR attends over
-#: the whole image, so its memory grows with the square of the pixel count. ``max_megapixels=`` lifts it.
-MAX_MEGAPIXELS = {"diffpir": 1.1}
+#: largest image (in megapixels) a method restores in one piece by default, and why; ``max_megapixels=`` (the
+#: CLI's --max-megapixels) lifts it. DiffPIR's UNet attends over the whole image, so its memory grows with the square
+#: of the pixel count; the classical filters hold several full-size float and FFT copies (about 0.3 GB a megapixel
+#: for Wiener on a CPU), so that an x16 SR of a photo would need hundreds of GB.
+MAX_MEGAPIXELS = {"diffpir": 1.1, "classical": 32.0}
+_WHY_LIMIT = {"diffpir": "its UNet attends over the whole image: memory grows with the square of the pixel count",
+              "classical": "its filters hold several full-size float and FFT copies"}
 
 
 def check_image_size(method: str, h: int, w: int, max_megapixels: float | None = None) -> None:
+    """The restored image (``h`` x ``w``) within ``method``'s limit, or one line saying how to lift it."""
     limit = max_megapixels if max_megapixels is not None else MAX_MEGAPIXELS.get(method)
     if limit is not None and h * w > limit * 1e6:
+        why = f" ({_WHY_LIMIT[method]})" if method in _WHY_LIMIT else ""
         raise RestoreKitError(
             f"image is {w}x{h} ({h * w / 1e6:.1f} MP), larger than {method}'s limit of {limit:g} MP for one "
-            f"piece (its UNet attends over the whole image: memory grows with the square of the pixel count); "
-            f"crop or downscale it, or raise the limit with --max-megapixels / max_megapixels=")
+            f"piece{why}; crop or downscale it, or raise the limit with --max-megapixels / max_megapixels=")
 
 
 #: largest ``scale`` the Python API and the CLI (``--scale``) take for SR
-MAX_SCALE = 16
+MAX_SCALE = LIMITS["scale"]["hi"]
 
 
 def check_seed(seed, what: str = "seed") -> int | None:
@@ -82,12 +88,12 @@ def check_seed(seed, what: str = "seed") -> int | None:
     :class:`ConfigError` naming ``what``."""
     if seed is None:
         return None
-    return check_api_number(seed, what, lo=0, hi=2**63 - 1, integer=True)
+    return check_option(seed, "seed", what)
 
 
 def check_scale(scale, what: str = "scale") -> int:
     """An SR factor for methods with whole factors (DiffPIR, classical): an int in [1, MAX_SCALE], as --scale."""
-    return check_api_number(scale, what, lo=1, hi=MAX_SCALE, integer=True, error=TaskError)
+    return check_option(scale, "scale", what, error=TaskError)
 
 
 def check_operator_fits(operator, hw) -> None:
@@ -311,7 +317,7 @@ class Restorer:
         self.check_task(task)
         seed = check_seed(seed)
         if max_megapixels is not None:
-            max_megapixels = check_api_number(max_megapixels, "max_megapixels", lo=0, lo_open=True)
+            max_megapixels = check_option(max_megapixels, "max_megapixels")
         batched_tensor = isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[0] != 1
         if isinstance(image, (list, tuple)) or batched_tensor:
             items = list(image.unbind(0)) if batched_tensor else list(image)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .errors import RestoreKitError, TaskError, check_number, one_line
+from .errors import RestoreKitError, TaskError, one_line
 
 def _add_run(sub):
     p = sub.add_parser("run", help="restore an image, a folder, a glob or a list of images",
@@ -268,30 +268,26 @@ def _merge_opts(args) -> dict:
     return extra
 
 
-def _number(args, name: str, flag: str, kind=float, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
-    v = getattr(args, name, None)
-    if v is not None:
-        setattr(args, name, kind(check_number(v, flag, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open,
-                                              integer=kind is int)))
+#: numeric flags: args attribute -> (flag, option name in restorekit.limits.LIMITS)
+_NUMBER_FLAGS = {"scale": ("--scale", "scale"), "steps": ("--steps", "steps"), "seed": ("--seed", "seed"),
+                 "noise": ("--noise", "noise_level"), "lambda_": ("--lambda", "lambda_"), "zeta": ("--zeta", "zeta"),
+                 "eta": ("--eta", "eta"), "kernel_std": ("--kernel-std", "kernel_std"),
+                 "kernel_size": ("--kernel-size", "kernel_size"),
+                 "motion_intensity": ("--motion-intensity", "motion_intensity"),
+                 "sr_kernel_std": ("--sr-kernel-std", "sr_kernel_std"), "mask_prob": ("--mask-prob", "mask_prob"),
+                 "box_size": ("--box-size", "box_size"), "max_megapixels": ("--max-megapixels", "max_megapixels"),
+                 "batch_size": ("--batch-size", "batch_size")}
 
 
 def _check_numbers(args) -> None:
-    """Every numeric option finite and in range, before any work."""
-    _number(args, "scale", "--scale", int, 1, 16)
-    _number(args, "steps", "--steps", int, 1, 1000)
-    _number(args, "seed", "--seed", int, 0, 2**63 - 1)
-    _number(args, "noise", "--noise", float, 0, 1)
-    _number(args, "lambda_", "--lambda", float, 0, None, lo_open=True)
-    _number(args, "zeta", "--zeta", float, 0, 1)
-    _number(args, "eta", "--eta", float, 0, None)
-    _number(args, "kernel_std", "--kernel-std", float, 0, 100, lo_open=True)
-    _number(args, "kernel_size", "--kernel-size", int, 1, 255)
-    _number(args, "motion_intensity", "--motion-intensity", float, 0, 1)
-    _number(args, "sr_kernel_std", "--sr-kernel-std", float, 0, 100, lo_open=True)
-    _number(args, "mask_prob", "--mask-prob", float, 0, 1, hi_open=True)
-    _number(args, "box_size", "--box-size", int, 1, None)
-    _number(args, "max_megapixels", "--max-megapixels", float, 0, None, lo_open=True)
-    _number(args, "batch_size", "--batch-size", int, 1, 4096)
+    """Every numeric option finite and in range (restorekit.limits, the Python API's table), before any work."""
+    from .limits import LIMITS, check_option
+
+    for dest, (flag, name) in _NUMBER_FLAGS.items():
+        v = getattr(args, dest, None)
+        if v is not None:
+            v = check_option(v, name, flag)
+            setattr(args, dest, v if LIMITS[name].get("integer") else float(v))
     if args.use_last_x0 is not None and not isinstance(args.use_last_x0, bool):
         raise RestoreKitError(f"use_last_x0 expects true or false, got {args.use_last_x0!r}")
 

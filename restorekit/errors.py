@@ -47,7 +47,7 @@ def check_number(v, what: str, *, lo=None, hi=None, lo_open: bool = False, hi_op
         raise ConfigError(f"{what} expects a number, got {v!r}")
     if not math.isfinite(v):
         raise ConfigError(f"{what} must be a finite number, got {v}")
-    if integer and float(v) != int(v):
+    if integer and not isinstance(v, int) and not float(v).is_integer():  # float(2**63 - 1) != 2**63 - 1
         raise ConfigError(f"{what} expects a whole number, got {v}")
     if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and (v > hi or (hi_open and v == hi))):
         lo_s = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"

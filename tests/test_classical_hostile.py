@@ -136,3 +136,22 @@ def test_bm3d_on_ordinary_colour_images_equals_the_bm3d_package(classical):
     ref = np.clip(bm3d.bm3d_rgb(noisy.astype(np.float64), 0.1), 0, 1)
     assert np.abs(ours - ref).max() < 1e-5
     assert np.abs(ours - noisy).max() > 0.05  # it did denoise
+
+
+def test_an_x16_sr_of_a_photo_is_refused_before_any_work(tmp_path, capsys, classical):
+    """The result of x16 SR of a 1500x1500 photo is 576 MP (about 170 GB for the filters): one line, exit 2."""
+    src = _save(tmp_path / "big.png", np.zeros((1500, 1500, 3)))
+    out = tmp_path / "o.png"
+    assert _run(["--task", "sr", "--scale", "16", "--input", src, "--output", out]) == 2
+    err = capsys.readouterr().err
+    assert "24000x24000" in err and "classical's limit of 32 MP" in err and "--max-megapixels" in err, err
+    assert err.count("\n") == 1 and not out.exists()
+    with pytest.raises(Exception, match="classical's limit of 32 MP"):  # the API measures the result too
+        classical.restore(np.zeros((400, 400, 3), np.uint8), task="sr", scale=16)
+
+
+def test_the_classical_limit_follows_max_megapixels(classical):
+    out = classical.restore(np.zeros((64, 64, 3), np.uint8), task="sr", scale=2, max_megapixels=0.02)
+    assert out.shape[:2] == (128, 128)
+    with pytest.raises(Exception, match="limit of 0.01 MP"):
+        classical.restore(np.zeros((64, 64, 3), np.uint8), task="sr", scale=2, max_megapixels=0.01)

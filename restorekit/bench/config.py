@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, RestoreKitError, check_number
+from ..limits import check_option
 from ..training import IMAGE_EXTS
 
 #: keys of a task entry that are not options of the degradation (``operators.synthesize``)
@@ -137,25 +138,15 @@ def check_degradation(spec: dict, where: str) -> None:
     unknown = sorted(str(k) for k in set(spec) - set(allowed))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-    if "noise" in spec:
-        check_number(spec["noise"], f"{where}: noise", lo=0)
-    if spec.get("kernel_std") is not None:
-        check_number(spec["kernel_std"], f"{where}: kernel_std", lo=0, lo_open=True)
-    if "sr_kernel_std" in spec:
-        check_number(spec["sr_kernel_std"], f"{where}: sr_kernel_std", lo=0, lo_open=True)
-    if "kernel_size" in spec:
-        size = check_number(spec["kernel_size"], f"{where}: kernel_size", lo=1, integer=True)
-        if size % 2 == 0 or (spec.get("kernel") == "motion" and size < 3):
-            raise ConfigError(f"{where}: kernel_size must be an odd number"
-                              f"{' >= 3' if spec.get('kernel') == 'motion' else ''}, got {size}")
-    if "motion_intensity" in spec:
-        check_number(spec["motion_intensity"], f"{where}: motion_intensity", lo=0, hi=1)
-    if "scale" in spec:
-        check_number(spec["scale"], f"{where}: scale", lo=1, integer=True)
-    if "mask_prob" in spec:
-        check_number(spec["mask_prob"], f"{where}: mask_prob", lo=0, hi=1)
-    if "box_size" in spec:
-        check_number(spec["box_size"], f"{where}: box_size", lo=1, integer=True)
+    for key, name in (("noise", "noise_level"), ("kernel_std", "kernel_std"), ("sr_kernel_std", "sr_kernel_std"),
+                      ("kernel_size", "kernel_size"), ("motion_intensity", "motion_intensity"), ("scale", "scale"),
+                      ("mask_prob", "mask_prob"), ("box_size", "box_size")):  # the CLI's ranges: restorekit.limits
+        if key in spec and not (key == "kernel_std" and spec[key] is None):  # None: DiffPIR's random std
+            check_option(spec[key], name, f"{where}: {key}")
+    size = spec.get("kernel_size")
+    if size is not None and (size % 2 == 0 or (spec.get("kernel") == "motion" and size < 3)):
+        raise ConfigError(f"{where}: kernel_size must be an odd number"
+                          f"{' >= 3' if spec.get('kernel') == 'motion' else ''}, got {size}")
     for k, choices in CHOICES.items():
         if k in spec and spec[k] not in choices:
             raise ConfigError(f"{where}: {k} {spec[k]!r}; choose {', '.join(choices)}")
@@ -209,7 +200,7 @@ def check_method(m: dict, where: str) -> None:
     steps = m.get("steps")
     for s in steps if isinstance(steps, list) else [steps]:
         if s is not None:
-            check_number(s, f"{where}: steps", lo=1, integer=True)
+            check_option(s, "steps", f"{where}: steps")
     if not isinstance(m.get("tasks") or [], list):
         raise ConfigError(f"{where}: tasks must be a list of task labels or kinds")
     w = m.get("weights")
@@ -222,7 +213,7 @@ def check_seeds(seeds, where: str) -> list:
         seeds = [seeds]
     if not isinstance(seeds, list) or not seeds:
         raise ConfigError(f"{where}: 'seeds' must be a non-empty list of whole numbers >= 0, got {seeds!r}")
-    return [check_number(s, f"{where}: seed", lo=0, integer=True) for s in seeds]
+    return [check_option(s, "seed", f"{where}: seed") for s in seeds]
 
 
 def check_metrics(metrics, where: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from ..errors import RestoreKitError
+from ..limits import LIMITS
 from . import core
 
 TITLE = "restorekit"
@@ -35,7 +36,7 @@ def _degradation_widgets(gr, prefix: str):
         kernel = gr.Dropdown(["gaussian", "motion"], value="gaussian", label="Blur kernel (deblur)")
         kernel_std = gr.Number(0, label="Gaussian kernel std (0: DiffPIR's random 3(1+2U))", minimum=0)
     with gr.Row():
-        scale = gr.Number(4, label="SR factor", precision=0, minimum=1, maximum=16)
+        scale = gr.Number(4, label="SR factor", precision=0, minimum=1, maximum=LIMITS["scale"]["hi"])
         sr_mode = gr.Dropdown(["bicubic", "blur", "realesrgan"], value="bicubic", label="SR degradation")
     with gr.Row():
         mask = gr.Dropdown(["random", "box", "half"], value="random", label="Inpainting mask")
@@ -127,7 +128,7 @@ def build_app(device: str | None = None):
                         allow_dl = gr.Checkbox(False, label="Allow downloads of missing weights")
                         with gr.Row():
                             steps = gr.Number(0, label="Steps (0: the method's default)", precision=0,
-                                              minimum=0, maximum=1000, elem_id="rk-steps")
+                                              minimum=0, maximum=LIMITS["steps"]["hi"], elem_id="rk-steps")
                             seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="rk-seed")
                         max_side = gr.Number(0, label="Downscale the upload to at most N px on its longer side "
                                                       "(0: keep its size)", precision=0, minimum=0,
@@ -167,7 +168,8 @@ def build_app(device: str | None = None):
                                              elem_id="rk-c-task")
                         with gr.Row():
                             c_steps = gr.Number(0, label="Steps (0: each method's default)", precision=0,
-                                                minimum=0, maximum=1000, elem_id="rk-c-steps")
+                                                minimum=0, maximum=LIMITS["steps"]["hi"],
+                                                elem_id="rk-c-steps")
                             c_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                         c_max_side = gr.Number(0, label="Downscale the upload to at most N px (0: keep)",
                                                precision=0, minimum=0, elem_id="rk-c-max-side")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ImageReadError, RestoreKitError, TaskError, WeightsError, first_line
+from ..limits import check_option
 
 log = logging.getLogger("restorekit.ui")
 
@@ -170,6 +171,17 @@ class Degradation:
     mask_file: str | None = None
     noise: float | None = None
 
+    #: field -> option of restorekit.limits (the CLI's flag ranges)
+    _LIMITS = (("kernel_std", "kernel_std"), ("kernel_size", "kernel_size"), ("scale", "scale"),
+               ("mask_prob", "mask_prob"), ("box_size", "box_size"), ("noise", "noise_level"))
+
+    def check(self, task: str) -> None:
+        """Its numbers finite and in range, as the CLI's flags; an SR task needs a scale."""
+        for key, name in self._LIMITS:
+            v = getattr(self, key)
+            if v is not None or (key == "scale" and task == "sr"):
+                setattr(self, key, check_option(v, name, key))
+
 
 @dataclass
 class Outcome:
@@ -263,15 +275,10 @@ def restore(image, method: str, task: str, model: str | None = None, *, steps: i
     cls = get_method(method)
     if task not in cls.tasks:
         raise TaskError(f"method {method!r} does not do task {task!r}; it does: {', '.join(cls.tasks)}")
-    if steps is not None and (steps < 1 or steps > 1000 or int(steps) != steps):
-        raise RestoreKitError(f"steps must be a whole number in [1, 1000], got {steps}")
-    seed = int(seed or 0)
-    if seed < 0:
-        raise RestoreKitError(f"seed must be >= 0, got {seed}")
-    if d.noise is not None and not 0 <= d.noise <= 1:
-        raise RestoreKitError(f"noise must be in [0, 1], got {d.noise}")
-    if task == "sr" and (d.scale is None or d.scale < 1 or d.scale > 16 or int(d.scale) != d.scale):
-        raise RestoreKitError(f"scale must be a whole number in [1, 16], got {d.scale}")
+    if steps is not None:
+        steps = check_option(steps, "steps")
+    seed = check_option(seed or 0, "seed")
+    d.check(task)
     x, info = load_input(image, max_side)
     t0 = time.time()
     notes = []

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from ...api import Restorer, check_scale, check_seed
 from ...errors import TaskError, check_api_number
+from ...limits import check_option
 from ...operators import BicubicDownsample, BlurDownsample, Inpainting, LinearOperator, psf2otf
 from ...registry import register_method
 
@@ -70,8 +71,8 @@ class Classical(Restorer):
             setattr(cfg, k, v)
         if not isinstance(cfg.algorithm, str) or cfg.algorithm not in ALGORITHMS[task]:
             raise TaskError(f"classical {task}: algorithm {cfg.algorithm!r}; choose {', '.join(ALGORITHMS[task])}")
-        # finite and in range (noise_level: the CLI's --noise range): an infinite tv_weight gave a black image
-        check_api_number(cfg.noise_level, "noise_level", lo=0, hi=1, error=TaskError)
+        # finite and in range (noise_level: restorekit.limits, as --noise): an infinite tv_weight gave a black image
+        check_option(cfg.noise_level, "noise_level", error=TaskError)
         check_api_number(cfg.tv_weight, "tv_weight (0: chosen from noise_level)", lo=0, error=TaskError)
         cfg.iterations = check_api_number(cfg.iterations, "iterations", lo=1, integer=True, error=TaskError)
         cfg.kernel_size = check_api_number(cfg.kernel_size, "kernel_size", lo=3, integer=True, error=TaskError)

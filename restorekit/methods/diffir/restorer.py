@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from ...api import Restorer, resolve_dtype
-from ...errors import TaskError, WeightsError, check_api_number, check_flag
+from ...errors import TaskError, WeightsError, check_flag
+from ...limits import check_option
 from ...io import pad_to_multiple
 from ...nets.diffir import PRESETS, DiffIRConfig, DiffIRS2
 from ...operators import Inpainting
@@ -134,11 +135,11 @@ class DiffIR(Restorer):
             if v is None:
                 continue
             if k in ("noise_level", "noise"):
-                cfg.noise_level = float(check_api_number(v, k, lo=0, hi=1, error=TaskError))
+                cfg.noise_level = float(check_option(v, "noise_level", k, error=TaskError))
             elif k == "official_rng":
                 cfg.official_rng = check_flag(v, k, error=TaskError)
             elif k == "scale":
-                v = check_api_number(v, "scale", lo=1, integer=True, error=TaskError)
+                v = check_option(v, "scale", error=TaskError)
                 if task == "sr" and v != self.config.scale:
                     raise TaskError(f"this DiffIR model is x{self.config.scale}; it cannot do x{v} (use a "
                                     f"x{v} checkpoint)")

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ...api import Restorer, check_scale, check_seed, resolve_dtype
 from ...diffusion import LinearSchedule
 from ...errors import TaskError, WeightsError, check_api_number, check_flag
+from ...limits import check_option
 from ...nets.guided_unet import FFHQ_10M, IMAGENET_256_UNCOND, GuidedUNet, GuidedUNetConfig
 from ...operators import BicubicDownsample, BlurDownsample, Inpainting, LinearOperator
 from ...registry import register_method
@@ -114,7 +115,7 @@ class DiffPIR(Restorer):
               "classical_degradation", "start_from_t_y", "paste_observed")
 
     def _check_values(self, cfg: DiffPIRConfig) -> None:
-        """Every number of ``cfg`` finite and in range (the CLI's ranges for the options it has flags for), whole
+        """Every number of ``cfg`` finite and in range (restorekit.limits for the options the CLI has flags for), whole
         where it counts steps, and the flags bools: a NaN or infinite lambda / eta gave an all-black image."""
         def num(name, **limits):
             v = check_api_number(getattr(cfg, name), name, error=TaskError, **limits)
@@ -122,11 +123,9 @@ class DiffPIR(Restorer):
                 setattr(cfg, name, v)
 
         T = self.schedule.num_train_timesteps
-        num("steps", lo=1, hi=T, integer=True)
-        num("lambda_", lo=0, lo_open=True)
-        num("zeta", lo=0, hi=1)
-        num("eta", lo=0)
-        num("noise_level", lo=0, hi=1)
+        for name in ("steps", "lambda_", "zeta", "eta", "noise_level"):
+            v = check_option(getattr(cfg, name), name, error=TaskError, **({"hi": T} if name == "steps" else {}))
+            setattr(cfg, name, v)
         num("guidance_scale")
         num("gamma")
         num("iter_num_U", lo=1, integer=True)
