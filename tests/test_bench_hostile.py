@@ -124,3 +124,60 @@ def test_an_unreadable_dataset_image_stops_the_sweep_before_it_starts(tmp_path, 
     rc, err = _run(tmp_path, capsys, cfg)
     _assert_refused(rc, err, tmp_path / "res", "b.png")
     assert "dataset 'd'" in err
+
+
+def _digest(folder):
+    import hashlib
+
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_report_without_its_records_is_never_replaced(tmp_path, capsys):
+    """A clone used to lack the records (git-ignored): a rerun, a --limit smoke run or --report-only replaced the
+    committed report by an empty or one-item one, exit 0."""
+    cfg = _base(tmp_path)
+    out = tmp_path / "res"
+    rc, err = _run(tmp_path, capsys, cfg)
+    assert rc == 0, err
+    (out / "records-0.jsonl").unlink()
+    before = _digest(out)
+    for extra in ([], ["--limit", "1"], ["--report-only"]):
+        rc, err = _run(tmp_path, capsys, cfg, *extra)
+        assert rc == 2 and "holds a report (summary.md, results.csv, report.html) but not the records" in err, err
+        assert err.count("\n") == 1
+        assert _digest(out) == before, extra
+
+
+def test_a_limited_run_keeps_every_recorded_item_in_the_report(tmp_path, capsys):
+    cfg = _base(tmp_path)
+    out = tmp_path / "res"
+    assert _run(tmp_path, capsys, cfg)[0] == 0
+    full = (out / "results.csv").read_text()
+    assert full.count("\n") == 3  # header + sr + deblur
+    rc, err = _run(tmp_path, capsys, cfg, "--limit", "1")
+    assert rc == 0, err
+    assert (out / "results.csv").read_text() == full
+    (out / "results.csv").unlink()
+    assert _run(tmp_path, capsys, cfg, "--report-only")[0] == 0
+    assert (out / "results.csv").read_text() == full
+
+
+def test_the_committed_cpu_sweep_report_rebuilds_from_its_records(tmp_path, capsys):
+    """benchmarks/results/cpu_sweep carries its records: --report-only on a copy gives the committed table back
+    (the restored images are not in git; the committed grids stay)."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "configs" / "../../../shared/testsets").exists():
+        pytest.skip("cpu.yaml's datasets (../shared/testsets beside the project) are not here")
+    src = root / "benchmarks" / "results" / "cpu_sweep"
+    out = tmp_path / "cpu_sweep"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("images"))
+    grids = sorted(p.name for p in (out / "grids").iterdir())
+    rc = main(["bench", str(root / "benchmarks" / "configs" / "cpu.yaml"), "--report-only", "--output", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "results.csv").read_text() == (src / "results.csv").read_text()
+    assert (out / "summary.md").read_text() == (src / "summary.md").read_text()
+    assert sorted(p.name for p in (out / "grids").iterdir()) == grids

@@ -250,6 +250,10 @@ def _grids(out: Path, records: list[dict], cfg: dict) -> list[dict]:
             tiles.append((label, out / r["image_file"], r))
         tiles.append(("ground truth\n", clean_p, None))
         if not clean_p.exists():
+            # the images are not kept in git: a grid made when they were here stays, and stays listed
+            if (out / "grids" / f"{stem}.png").exists():
+                made.append({"dataset": ds, "image": img, "task": task, "seed": seed, "file": f"grids/{stem}.png",
+                             "labels": [lb.replace("\n", " ").strip() for lb, _, _ in tiles], "zoom": None})
             continue
         clean = Image.open(clean_p).convert("RGB")
         H, W = clean.height, clean.width

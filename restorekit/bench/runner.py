@@ -57,8 +57,10 @@ def run_bench(config_path, output: str | None = None, device: str | None = None,
     base = Path(config_path).resolve().parent
     out = Path(output or cfg.get("output") or f"results/{cfg.get('name', 'bench')}")
     check_output_folder(out)
+    check_report_has_records(out)
     dev = resolve_device(device or cfg.get("device"))
     items = expand_items(cfg, base)
+    reported = {it.key for it in items}  # the report covers every recorded item of the config, not just --limit's
     check_method_options(items)
     _check_images(cfg, base, items[:limit])
     # several processes (accelerate launch / torchrun): GPUs get one device each; CPUs join a gloo group
@@ -96,7 +98,7 @@ def run_bench(config_path, output: str | None = None, device: str | None = None,
     if problem:
         raise RestoreKitError(problem)
     try:
-        return _run_locked(cfg, base, out, dev, state, items, log)
+        return _run_locked(cfg, base, out, dev, state, items, reported, log)
     except ConfigError:
         lock.release()
         _remove_if_empty(made)  # refused before anything was written: leave no folder
@@ -126,6 +128,21 @@ def check_output_folder(out: Path) -> None:
             return
 
 
+#: the files :func:`write_reports` rewrites from the records
+REPORT_FILES = ("summary.md", "results.csv", "report.html")
+
+
+def check_report_has_records(out: Path) -> None:
+    """A results folder that holds a report but none of the records it was made from (records-*.jsonl: a copy
+    without them, a deleted file) is refused: writing a report there would replace it by one of fewer items."""
+    if not out.is_dir() or any(out.glob("records-*.jsonl")):
+        return
+    have = [n for n in REPORT_FILES if (out / n).exists()]
+    if have:
+        raise ConfigError(f"results folder {out} holds a report ({', '.join(have)}) but not the records it was made "
+                          f"from (records-*.jsonl); writing there would replace it: choose another --output")
+
+
 def _missing_folders(out: Path) -> list:
     return [p for p in [out, *out.parents] if not p.exists()]
 
@@ -138,7 +155,7 @@ def _remove_if_empty(folders) -> None:
             pass  # not empty, or already gone
 
 
-def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
+def _run_locked(cfg, base, out, dev, state, items, reported, log) -> dict:
     from .config import eval_convention, option_key, validate_options
     from .peers import PEERS, get_bench_method
     from .scoring import describe, score
@@ -224,8 +241,8 @@ def _run_locked(cfg, base, out, dev, state, items, log) -> dict:
     state.wait_for_everyone()
     summary = {}
     if state.is_main_process:
-        current = {it.key for it in items}  # records of an earlier, different config are not reported
-        records = [r for k, r in read_records(out).items() if k in current]
+        # records of an earlier, different config are not reported
+        records = [r for k, r in read_records(out).items() if k in reported]
         summary = write_reports(out, records, sorted(notes), cfg)
     return summary
 
@@ -240,6 +257,9 @@ def rebuild_reports(config_path, output: str | None = None) -> dict:
     out = Path(output or cfg.get("output") or f"results/{cfg.get('name', 'bench')}")
     if not out.is_dir():
         raise RestoreKitError(f"no results folder {out}: run the sweep first")
+    check_report_has_records(out)
+    if not any(out.glob("records-*.jsonl")):
+        raise RestoreKitError(f"no records in {out} (records-*.jsonl): run the sweep first")
     with BenchLock(out):
         current = {it.key for it in expand_items(cfg, base)}
         records = [r for k, r in read_records(out).items() if k in current]
