@@ -75,8 +75,8 @@ def check_image_size(method: str, h: int, w: int, max_megapixels: float | None =
     if limit is not None and h * w > limit * 1e6:
         why = f" ({_WHY_LIMIT[method]})" if method in _WHY_LIMIT else ""
         raise RestoreKitError(
-            f"image is {w}x{h} ({h * w / 1e6:.1f} MP), larger than {method}'s limit of {limit:g} MP for one "
-            f"piece{why}; crop or downscale it, or raise the limit with --max-megapixels / max_megapixels=")
+            f"the result would be {w}x{h} ({h * w / 1e6:.1f} MP), larger than {method}'s limit of {limit:g} MP "
+            f"for one piece{why}; crop or downscale it, or raise the limit with --max-megapixels / max_megapixels=")
 
 
 #: largest ``scale`` the Python API and the CLI (``--scale``) take for SR

@@ -46,7 +46,7 @@ def _add_run(sub):
                    help="Gaussian kernel std (default: DiffPIR's random 3(1+2U) drawn from --seed)")
     p.add_argument("--kernel-size", type=int, default=61)
     p.add_argument("--motion-intensity", type=float, default=0.5)
-    p.add_argument("--kernel-file", default=None, help="blur kernel (.npy or image) of an already blurred input")
+    p.add_argument("--kernel-file", default=None, help="blur kernel (.npy, .mat or image) of an already blurred input")
     p.add_argument("--scale", type=int, default=None, help="SR factor (default 4)")
     p.add_argument("--sr-mode", choices=("bicubic", "blur", "realesrgan"), default=None,
                    help="SR degradation: bicubic (DiffPIR default), Gaussian blur + decimation, or (with --degrade) "
@@ -80,8 +80,8 @@ def _add_run(sub):
                         "A KEY that is also a flag (eta, zeta, lambda, steps, ...) is the same as the flag; giving "
                         "both with different values is an error. VALUE is read as the option's type")
     p.add_argument("--max-megapixels", type=float, default=None,
-                   help="refuse images larger than this (default: DiffPIR 1.1 MP, whose UNet attends over the "
-                        "whole image; other methods unlimited)")
+                   help="refuse results larger than this (default: DiffPIR 1.1 MP, whose UNet attends over the "
+                        "whole image; classical 32 MP; DiffIR and DiffBIR unlimited)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
                    help="network precision (default: the method's; data steps and metrics keep float32/64)")
@@ -234,6 +234,7 @@ USEFUL_MIN_STEPS = {"diffpir": 10, "diffbir": 5}
 
 def _apply_config(args) -> None:
     """Fill options not given on the command line from --config (YAML)."""
+    args._given_sr_mode = getattr(args, "sr_mode", None)  # on the command line (a run refuses it where unused)
     if args.config:
         from .files import read_yaml_mapping
 
@@ -391,10 +392,10 @@ def cmd_run(args) -> int:
         if len(todo) < len(mine):
             print(f"{len(mine) - len(todo)} of {len(mine)} images already restored in {args.output} "
                   f"(skipped; --overwrite redoes them)", file=sys.stderr)
-    elif single:
-        for o in outputs:
-            if o.exists():
-                print(f"note: {o} exists and will be overwritten", file=sys.stderr)
+    # notes wait until the first image is ready to restore (_announce): a mistake found before then is the only line
+    args._notes = []
+    if single:
+        args._notes += [f"note: {o} exists and will be overwritten" for o in outputs if o.exists()]
     first = None
     if single:  # a single unreadable image fails before the weights are loaded
         first = read_image(jobs[0].input)
@@ -427,14 +428,14 @@ def cmd_run(args) -> int:
     cfg = restorer.make_config(args.task, args.steps, lambda_=args.lambda_, zeta=args.zeta, eta=args.eta,
                                skip_type=args.skip_type, noise_level=args.noise,
                                use_last_x0=args.use_last_x0, **extra)
-    # notes after the options are checked: a wrong option is the only line printed
+    _check_unused_run_flags(args, restorer, cfg)
     if args.steps is not None and args.steps < USEFUL_MIN_STEPS.get(args.method, 0):
-        print(f"warning: --steps {args.steps} is far below {args.method}'s useful range (>= "
-              f"{USEFUL_MIN_STEPS[args.method]}); expect a result worse than the input", file=sys.stderr)
+        args._notes.append(f"warning: --steps {args.steps} is far below {args.method}'s useful range (>= "
+                           f"{USEFUL_MIN_STEPS[args.method]}); expect a result worse than the input")
     card = restorer.card
     if card is not None and card.demo:
-        print(f"NOTE: using the bundled DEMO model '{card.name}' - demo quality only. For real results pass "
-              f"--weights with an official model (see 'restorekit models').", file=sys.stderr)
+        args._notes.append(f"NOTE: using the bundled DEMO model '{card.name}' - demo quality only. For real results "
+                           f"pass --weights with an official model (see 'restorekit models').")
     if args.compile:
         try:
             restorer.compile()
@@ -593,8 +594,37 @@ def _finish_one(args, restorer, cfg, prep: dict, result: torch.Tensor) -> dict:
     return summary
 
 
+def _announce(args) -> None:
+    """Print the run's notes (demo model, few steps, an output overwritten) once, when the first image is read and
+    prepared: an error found before then (a missing kernel, a mask of another size) is printed alone."""
+    from tqdm.auto import tqdm
+
+    for line in getattr(args, "_notes", []):
+        tqdm.write(line, file=sys.stderr)
+    args._notes = []
+
+
+def _check_unused_run_flags(args, restorer, cfg) -> None:
+    """Flags this run would ignore are refused, as the trainers do: a blind method takes no kernel, and --sr-mode
+    describes an observation only where a method models it (a non-blind one) or where --degrade makes it."""
+    if args.degrade:
+        return
+    name = {"diffir": "DiffIR", "diffbir": "DiffBIR"}.get(args.method, args.method)
+    if args.kernel_file and args.task == "deblur" and restorer.is_blind(cfg):
+        raise RestoreKitError(f"--kernel-file: {name} deblurring is blind (it estimates the blur) and would ignore "
+                              f"the kernel; drop it, or use a non-blind method (diffpir, classical wiener)")
+    if getattr(args, "_given_sr_mode", None) is not None and args.task == "sr":
+        if restorer.is_blind(cfg):
+            raise RestoreKitError(f"--sr-mode: {name} super-resolution is blind and would ignore it; it describes "
+                                  f"the degradation only with --degrade (which makes it)")
+        if args._given_sr_mode == "realesrgan":
+            raise RestoreKitError("--sr-mode realesrgan is a random synthetic degradation (use it with --degrade); "
+                                  f"{name}'s data step models bicubic or blur (--sr-mode bicubic / blur)")
+
+
 def _restore_one(args, restorer, cfg, extra: dict, job, degraded_path, first=None, inner_progress=True) -> dict:
     prep = _prepare_one(args, cfg, job, degraded_path, first, blind=restorer.is_blind(cfg))
+    _announce(args)
     progress = _progress(f"{args.method} {args.task}", not inner_progress)
     result = restorer.restore_tensor(prep["y"].to(restorer.device), task=args.task, operator=prep["op"],
                                      seed=prep["seed"], progress=progress, **_run_options(args, extra))
@@ -613,6 +643,7 @@ def _restore_batch(args, restorer, cfg, extra: dict, jobs, degraded: dict, inner
             on_error(j, e)
     if not preps:
         return []
+    _announce(args)
     progress = _progress(f"{args.method} {args.task} x{len(preps)}", not inner_progress)
     try:
         results = restorer.restore_batch([p["y"].to(restorer.device) for p in preps], [p["op"] for p in preps],
@@ -709,13 +740,22 @@ def cmd_models(args) -> int:
     from .registry import model_cards
     from .weights import WeightsError, resolve_card
 
-    for c in model_cards(args.method):
+    from .weights import cache_dir
+
+    cards = model_cards(args.method)
+    if not cards:
+        known = sorted({c.method for c in model_cards()})
+        raise RestoreKitError(f"no models of method {args.method!r}; methods with models: {', '.join(known)}")
+    for c in cards:
         try:
             where = str(resolve_card(c, download=False))
         except WeightsError:
-            where = "not downloaded"
+            where = f"not here (put {c.filename} in {cache_dir()}, or pass its path with --weights)"
         tag = " [DEMO]" if c.demo else ""
-        print(f"{c.name}{tag}  (method {c.method}, file {c.filename})\n    {c.description}\n    weights: {where}")
+        src = ("bundled with restorekit" if c.bundled else
+               ", ".join(c.sources) if c.sources else "no download source: see the description")
+        print(f"{c.name}{tag}  (method {c.method}, file {c.filename})\n    {c.description}\n    weights: {where}"
+              f"\n    source: {src}")
     return 0
 
 

@@ -169,8 +169,11 @@ def test_masks():
     assert holes[:, 1].min() >= 16 and holes[:, 1].max() < 256 - 16
     h = half_mask(10, 10)
     assert h[..., :, :5].eq(1).all() and h[..., :, 5:].eq(0).all()
-    with pytest.raises(TaskError, match="does not fit"):
+    with pytest.raises(TaskError, match="needs an image over 160 px"):
         box_mask(100, 100, 128)
+    with pytest.raises(TaskError, match="needs an image over 64 px on each side"):  # the corner range is empty
+        box_mask(64, 64, 32)
+    assert box_mask(65, 65, 32).eq(0).sum() == 32 * 32 * 1
 
 
 def test_make_operator():

@@ -79,8 +79,9 @@ def box_mask(h: int, w: int, size: int = 128, margin: int = 16,
              rng: np.random.Generator | int | None = None) -> torch.Tensor:
     """A ``size x size`` hole at a random position at least ``margin`` from the border."""
     if size + 2 * margin >= min(h, w):
-        raise TaskError(f"a {size}x{size} box with a {margin}-pixel margin does not fit a {h}x{w} image; "
-                        f"use a smaller --box-size")
+        raise TaskError(f"a {size}x{size} box with a {margin}-pixel margin needs an image over {size + 2 * margin} "
+                        f"px on each side (its corner is drawn from [margin, side - margin - size), as DPS's "
+                        f"mask generator), not {h}x{w}; use a smaller --box-size")
     rng = np.random.default_rng(rng)
     top = int(rng.integers(margin, h - margin - size))
     left = int(rng.integers(margin, w - margin - size))
