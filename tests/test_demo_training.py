@@ -159,3 +159,16 @@ def test_prior_resume_after_time_limit_equals_uninterrupted_run(tmp_path):
     assert res["resumed_from"] == 1 and res["steps"] == 6 and res["final_loss"] == full["final_loss"]
     a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_finished_prior_run_is_extended_with_init_not_resume(tmp_path):
+    """README: --resume auto continues the same run only (a state of a run with another --steps is refused); a
+    finished run goes on from its weights with init and a new step count."""
+    d = _images(tmp_path / "data")
+    kw = {"batch_size": 2, "crop": 16, "config": TINY, "save_every": 2, "log": lambda s: None}
+    train_prior(d, tmp_path / "a.safetensors", steps=2, **kw)
+    with pytest.raises(ConfigError, match="training state of another run .*steps"):
+        train_prior(d, tmp_path / "a.safetensors", steps=3, resume="auto", **kw)
+    more = train_prior(d, tmp_path / "b.safetensors", steps=1, init=tmp_path / "a.safetensors",
+                       **{**kw, "save_every": 0})
+    assert more["steps"] == 1 and (tmp_path / "b.safetensors").is_file()
