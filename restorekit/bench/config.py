@@ -306,7 +306,8 @@ def resolve_path(p, base: Path) -> Path:
     p = Path(str(p))
     if p.is_absolute():
         return p
-    return base / p if (base / p).exists() else p
+    # from the config's folder (README); the working folder as a fallback; a missing file is named as the former
+    return p if (not (base / p).exists() and p.exists()) else base / p
 
 
 def dataset_images(spec: dict, base: Path) -> list[Path]:
@@ -314,7 +315,8 @@ def dataset_images(spec: dict, base: Path) -> list[Path]:
     if p.is_file():
         return [p]
     if not p.is_dir():
-        raise ConfigError(f"dataset folder not found: {p}")
+        rel = "" if Path(spec["path"]).expanduser().is_absolute() else f" (path {spec['path']!r}, taken from {base})"
+        raise ConfigError(f"dataset folder not found: {p.resolve()}{rel}")  # .resolve(): no '..' left
     files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
     if spec.get("pattern"):
         files = [f for f in files if fnmatch.fnmatch(f.name, spec["pattern"])]
