@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,7 +240,8 @@ def to_tensor(image) -> tuple[torch.Tensor, ImageInfo]:
             t = t.repeat(1, 3, 1, 1)
         info = ImageInfo(kind="tensor", channels=c, dtype=image.dtype, alpha=alpha, layout=layout)
         return t.contiguous(), info
-    raise RestoreKitError(f"unsupported image type {type(image).__name__}; pass a PIL image, numpy array, tensor or path")
+    raise RestoreKitError(f"unsupported image type {type(image).__name__}; pass a PIL image, numpy array, tensor "
+                          f"or path")
 
 
 def _resize_alpha(alpha: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -303,16 +306,54 @@ def from_tensor(x: torch.Tensor, info: ImageInfo):
     return Image.fromarray(u8)
 
 
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without a window in which files would be created too open: from
+    ``/proc/self/status`` where Linux shows it, else by setting the strict 0o077 for an instant and restoring."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The permission bits ``open()`` gives a new file: 0o666 minus the umask (0o644 under umask 0o022)."""
+    return 0o666 & ~current_umask()
+
+
+def finish_atomic_write(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give the finished temporary file ``tmp`` its final permissions and rename it onto ``path`` (atomic on one
+    file system).
+
+    Every file restorekit writes atomically (images, weights, training states, records) ends here, so they all
+    get the same permissions whatever wrote the temporary file (``tempfile.mkstemp`` and safetensors' writer create
+    0o600 files): a new file gets the normal mode for a new file, ``0o666 & ~umask``; a file that is overwritten
+    keeps the permission bits it had (a result or weights file made private or shared by hand stays so)."""
+    try:
+        st = os.stat(path)
+        mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else new_file_mode()
+    except OSError:
+        mode = new_file_mode()
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
 def _atomic_write(path: Path, writer) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         writer(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
+        finish_atomic_write(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)

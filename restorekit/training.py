@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, RestoreKitError
-from .io import read_image
+from .io import finish_atomic_write, read_image
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -352,12 +352,26 @@ def find_resume(resume, state_dir: str | Path) -> Path | None:
 
 
 def save_atomic(obj, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a ``.part`` file renamed when complete."""
+    """``torch.save`` to ``path`` through a ``.part`` file renamed when complete (permissions as
+    :func:`restorekit.io.finish_atomic_write`: a new file gets 0o666 & ~umask, an overwritten one keeps its mode)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     torch.save(obj, tmp)
-    tmp.replace(path)
+    finish_atomic_write(tmp, path)
+
+
+def save_safetensors_atomic(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file`` to ``path`` through a ``.part`` file renamed when complete. safetensors
+    creates its file with mode 0o600; the result gets the permissions of :func:`restorekit.io.finish_atomic_write`
+    (0o666 & ~umask for a new file, 0o644 under the usual umask 0o022)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    save_file(tensors, str(tmp), metadata=metadata)
+    finish_atomic_write(tmp, path)
 
 
 class RandomStream:

@@ -70,6 +70,8 @@ def _verify(path: Path, sha256: str | None, what: str) -> None:
 
 def download_url(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0) -> Path:
     """Stream ``url`` to ``dest`` atomically (``.part`` then rename) and check its SHA-256."""
+    from .io import finish_atomic_write
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
     os.close(fd)
@@ -81,7 +83,7 @@ def download_url(url: str, dest: Path, sha256: str | None = None, timeout: float
             if got != sha256:
                 raise WeightsError(f"download of {url} is corrupt: sha256 {got[:12]}... does not match "
                                    f"the expected {sha256[:12]}...")
-        os.replace(tmp, dest)
+        finish_atomic_write(tmp, dest)  # mkstemp made it 0o600: a new file gets 0o666 & ~umask
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -132,6 +134,8 @@ def _source_label(src: str) -> str:
 
 def resolve_card(card: ModelCard, download: bool = True) -> Path:
     """Local path of a model card's weights, downloading them if needed and possible."""
+    from .io import finish_atomic_write
+
     env_dir = os.environ.get("RESTOREKIT_WEIGHTS")
     if env_dir:
         p = Path(env_dir) / card.filename
@@ -161,7 +165,7 @@ def resolve_card(card: ModelCard, download: bool = True) -> Path:
                     cached.parent.mkdir(parents=True, exist_ok=True)
                     tmp = cached.with_suffix(cached.suffix + ".part")
                     shutil.copyfile(got, tmp)
-                    os.replace(tmp, cached)
+                    finish_atomic_write(tmp, cached)
                     return cached
                 return download_url(src, cached, card.sha256)
             except WeightsError:

@@ -5,19 +5,15 @@
   ``test_y_channel`` with ``color_space='ycbcr'``), a 4-pixel border shaved from both images before every metric.
 
 PSNR/SSIM always run; LPIPS, DISTS, NIQE, MUSIQ run when pyiqa has their weights, otherwise the score is empty and
-a note says why.
+a note says why (every call returns it: the runner keeps each note once). On an offline machine setting a metric up
+downloads and prints nothing (``restorekit.metrics.create_pyiqa_metric``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import warnings
-
 import torch
 
-from ..errors import first_line
-from ..metrics import compute_metrics
+from ..metrics import MetricUnavailable, compute_metrics, create_pyiqa_metric
 
 FULL_REFERENCE = ("psnr", "ssim", "lpips", "dists")
 NO_REFERENCE = ("niqe", "musiq")
@@ -38,24 +34,20 @@ def describe(conv: dict) -> str:
 
 
 def _pyiqa(name: str, **opts):
+    """The pyiqa metric ``name`` with ``opts`` (built once, quietly: an offline machine downloads and prints
+    nothing), or the one-line reason why it cannot be set up."""
     key = (name, tuple(sorted(opts.items())))
     if key in _cache:
         return _cache[key]
     if name in _failed:
         return _failed[name]
-    import pyiqa
-
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-            warnings.simplefilter("ignore")
-            m = pyiqa.create_metric(name, device="cpu", as_loss=False, **opts)
-    except Exception as e:
+        m = create_pyiqa_metric(name, name, "cpu", **opts)
+    except MetricUnavailable as e:
         if name in ("psnr", "ssim"):
             raise
-        reason = (f"{name.upper()} skipped: pyiqa could not load its pretrained weights ({type(e).__name__}: "
-                  f"{first_line(e, 160)})")
-        _failed[name] = reason
-        return reason
+        _failed[name] = str(e)
+        return _failed[name]
     _cache[key] = m
     return m
 
@@ -76,11 +68,11 @@ def score(pred: torch.Tensor, ref: torch.Tensor, metrics, conv: dict) -> tuple[d
     fr = tuple(m for m in plain if m in FULL_REFERENCE)
     nr = tuple(m for m in plain if m in NO_REFERENCE)
     if fr:
-        s, n = compute_metrics(pred, ref, fr)
+        s, n = compute_metrics(pred, ref, fr, repeat_notes=True)
         scores.update(s)
         notes += n
     if nr:
-        s, n = compute_metrics(pred, None, nr)
+        s, n = compute_metrics(pred, None, nr, repeat_notes=True)
         scores.update(s)
         notes += n
     for name in metrics:
@@ -104,7 +96,7 @@ def unavailable_reason(name: str) -> str | None:
     if name in ("psnr", "ssim"):
         return None
     if name in ("lpips", "niqe", "musiq"):
-        from ..metrics import MetricUnavailable, _metric
+        from ..metrics import _metric
 
         try:
             _metric(name, "cpu")

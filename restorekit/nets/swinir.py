@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from spandrel.architectures.SwinIR import SwinIR as _SpandrelSwinIR
 
+from ._compat import meshgrid_default_indexing
 from ._official_keys import OfficialKeys
 
 
@@ -44,11 +45,15 @@ class SwinIR(OfficialKeys, _SpandrelSwinIR):
             raise ValueError("SwinIR (nearest+conv) supports sf 1, 2, 4 or 8")
         if cfg.num_feat != 64:
             raise ValueError("spandrel's SwinIR has num_feat 64")
-        super().__init__(img_size=cfg.img_size, patch_size=1, in_chans=cfg.in_chans, embed_dim=cfg.embed_dim,
-                         depths=list(cfg.depths), num_heads=list(cfg.num_heads), window_size=cfg.window_size,
-                         mlp_ratio=cfg.mlp_ratio, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
-                         drop_path_rate=cfg.drop_path_rate, ape=False, patch_norm=True, upscale=cfg.sf, img_range=1.0,
-                         upsampler="nearest+conv", resi_connection="1conv", start_unshuffle=cfg.sf)
+        # spandrel's WindowAttention calls torch.meshgrid without indexing= (torch's default "ij", as the
+        # official SwinIR): same result, without torch's UserWarning
+        with meshgrid_default_indexing():
+            super().__init__(img_size=cfg.img_size, patch_size=1, in_chans=cfg.in_chans, embed_dim=cfg.embed_dim,
+                             depths=list(cfg.depths), num_heads=list(cfg.num_heads), window_size=cfg.window_size,
+                             mlp_ratio=cfg.mlp_ratio, qkv_bias=True, qk_scale=None, drop_rate=0.0,
+                             attn_drop_rate=0.0, drop_path_rate=cfg.drop_path_rate, ape=False, patch_norm=True,
+                             upscale=cfg.sf, img_range=1.0, upsampler="nearest+conv", resi_connection="1conv",
+                             start_unshuffle=cfg.sf)
         self.cfg = cfg
         # spandrel keeps the mean as a plain tensor (not a buffer); make it a CPU tensor even when the network is
         # built under torch.device("meta"), forward moves it to the input's device

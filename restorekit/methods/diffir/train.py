@@ -160,16 +160,14 @@ def make_pairs(gt: torch.Tensor, task: str, cfg: dict, net_cfg: DiffIRConfig, rn
 
 
 def _save(state: dict, path: str | Path, net_cfg: DiffIRConfig, stage, info: dict, name: str) -> None:
-    from safetensors.torch import save_file
+    from ...training import save_safetensors_atomic
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"restorekit_method": "diffir", "stage": str(stage), "name": name,
             "diffir_config": json.dumps(net_cfg.to_dict()), "training": json.dumps(info)}
-    # shared modules (diffusion.model / diffusion.condition) are separate tensors in the file
-    tmp = out.with_name(out.name + ".part")
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(tmp), metadata=meta)
-    tmp.replace(out)
+    # shared modules (diffusion.model / diffusion.condition) are separate tensors in the file; the file gets
+    # mode 0o666 & ~umask, as any new file
+    save_safetensors_atomic({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, path,
+                            metadata=meta)
 
 
 STAGES = {"1": "stage1", "2": "stage2", "gan": "gan", "finetune": "finetune"}
@@ -735,6 +733,6 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
         _save(ema.state, output, net_cfg, st, {k: v for k, v in info.items() if k not in ("history", "validation")},
               cfg.get("name", f"diffir-{task}"))
         if net_d is not None:
-            torch.save({"params": {k: v.cpu() for k, v in bare_d.state_dict().items()}},
-                       Path(output).with_name(Path(output).stem + "_net_d.pth"))
+            save_atomic({"params": {k: v.cpu() for k, v in bare_d.state_dict().items()}},
+                        Path(output).with_name(Path(output).stem + "_net_d.pth"))
     return info

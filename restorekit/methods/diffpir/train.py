@@ -137,9 +137,7 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
     them or ``"auto"``. ``batch_size`` is per process. ``t_power``: timesteps drawn as ``floor(T * u**t_power)``
     with ``u`` uniform; 1 is DDPM's uniform draw, larger values train the low-noise end (which decides the PSNR of
     a restoration) more often."""
-    from safetensors.torch import save_file
-
-    from ...training import RandomStream, StepLoop
+    from ...training import RandomStream, StepLoop, save_safetensors_atomic
 
     cfg = config or DEMO_UNET
     # every setting is checked before anything is read or trained (flags and config values alike)
@@ -240,9 +238,7 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
                 "training": json.dumps(info)}
         dt = torch.float16 if save_dtype == "fp16" else torch.float32
         sd = {k: (v.to(dt) if v.is_floating_point() else v).cpu().contiguous() for k, v in ema.state.items()}
-        tmp = out.with_name(out.name + ".part")
-        save_file(sd, str(tmp), metadata=meta)
-        tmp.replace(out)
+        save_safetensors_atomic(sd, out, metadata=meta)  # mode 0o666 & ~umask, as any new file
     return info
 
 
