@@ -243,6 +243,11 @@ class Restorer:
     def _from_weights(cls, path: Path, card: ModelCard | None, device=None, **kwargs) -> "Restorer":
         raise NotImplementedError
 
+    @classmethod
+    def check_options_unloaded(cls, task: str, steps: int | None = None, **options) -> None:
+        """The option checks of :meth:`make_config` that need no weights, run before :meth:`from_pretrained` (a bad
+        option fails before a download). By default none: a method overrides it where loading is costly (DiffBIR)."""
+
     def to(self, device: str | torch.device) -> "Restorer":
         """Move every network of this restorer to ``device`` (precision is chosen at load: ``torch_dtype=``)."""
         dev = resolve_device(device)

@@ -361,6 +361,10 @@ def cmd_run(args) -> int:
         raise TaskError(f"--stage1 is a DiffBIR option; method {args.method!r} has no stage 1")
     if args.task not in cls.tasks:
         raise TaskError(f"method {args.method!r} does not do task {args.task!r}; it does: {', '.join(cls.tasks)}")
+    # options a method can check without its weights (DiffBIR: before asking for ~6 GB of missing files)
+    cls.check_options_unloaded(args.task, args.steps, model=args.weights or None, lambda_=args.lambda_,
+                               zeta=args.zeta, eta=args.eta, skip_type=args.skip_type,
+                               noise_level=args.noise, use_last_x0=args.use_last_x0, **extra)
 
     # --- everything that can be checked before loading a model ------------------------------------------
     jobs, single = collect_inputs(args.input, args.recursive)

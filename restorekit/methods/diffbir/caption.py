@@ -22,10 +22,18 @@ def join_prompt(caption: str, pos_prompt: str) -> str:
     return ", ".join(t for t in (caption, pos_prompt) if t)
 
 
-def load_captioner(name: str, device):
+def check_captioner(name) -> None:
+    """Refuse a ``captioner`` no model can serve (``ram``, an empty name) before any weights are read; whether a
+    model id exists is known only when it loads (:func:`load_captioner`)."""
     if name == "ram":
         raise TaskError("captioner 'ram' (Recognize Anything) has no transformers port; use captioner='llava' or a "
                         "transformers image-text-to-text model id")
+    if not isinstance(name, str) or not name.strip():
+        raise TaskError(f"captioner {name!r}: use 'none', 'llava' or a transformers image-text-to-text model id")
+
+
+def load_captioner(name: str, device):
+    check_captioner(name)
     model_id = LLAVA_ID if name == "llava" else name
     key = (model_id, str(device))
     if key not in _CACHE:

@@ -9,13 +9,15 @@ face crops of ``unaligned_face``.
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from ...api import Restorer
-from ...errors import TaskError, WeightsError, first_line, one_line
+from ...errors import TaskError, WeightsError, check_api_number, first_line, one_line
 from ...registry import get_card, register_method
 from ...weights import ModelCard, cache_dir, load_state_dict, load_strict, resolve_card
 from .pipeline import DiffBIRPipeline, DiffBIRSettings
@@ -176,26 +178,15 @@ class DiffBIR(Restorer):
             if kwargs:
                 raise TypeError(f"unexpected options for DiffBIR.from_pretrained: {sorted(kwargs)}")
             if isinstance(dtype, str):
-                if dtype not in PRECISIONS:
-                    raise TaskError(f"unknown precision {dtype!r}; choose fp32, fp16 or bf16")
-                dtype = PRECISIONS[dtype]
+                dtype = precision_dtype(dtype)
             return load_custom(path, device=device, torch_dtype=dtype, layout=layout)
-        card_version = card.options.get("version") if card else None
-        if version is not None and card_version is not None and version != card_version:
-            raise TaskError(f"model {card.name!r} is DiffBIR {card_version}, not {version}")
-        version = version or card_version or "v2.1"
-        if version not in VERSIONS:
-            raise TaskError(f"unknown DiffBIR version {version!r}; choose {', '.join(VERSIONS)}")
+        version = load_version(card, version)
         task = kwargs.pop("task", "sr")
-        if (version, task) not in PLAN:
-            raise TaskError(f"DiffBIR {version} does not do task {task!r}"
-                            + ("; use v2 or v2.1" if task == "unaligned_face" else ""))
+        check_version_task(version, task)
         dtype = kwargs.pop("torch_dtype", None)
         dtype = kwargs.pop("precision", None) if dtype is None else dtype
         if isinstance(dtype, str):
-            if dtype not in PRECISIONS:
-                raise TaskError(f"unknown precision {dtype!r}; choose fp32, fp16 or bf16")
-            dtype = PRECISIONS[dtype]
+            dtype = precision_dtype(dtype)
         stage1 = kwargs.pop("stage1", None)
         stage1_file = None
         if stage1 is not None and (not isinstance(stage1, str) or stage1 not in STAGE1):
@@ -319,38 +310,89 @@ class DiffBIR(Restorer):
                "guidance_space": "g_space", "guidance_start": "g_start", "guidance_stop": "g_stop",
                "guidance_repeat": "g_repeat"}
 
-    def make_config(self, task: str, steps: int | None = None, **options) -> DiffBIRSettings:
-        from ...samplers import SAMPLER_NAMES
+    @classmethod
+    def check_options_unloaded(cls, task: str, steps: int | None = None, *, model=None, version=None,
+                               **options) -> None:
+        """Every check of :meth:`make_config` (the same one-line :class:`TaskError`), without any weights: call it
+        before :meth:`from_pretrained`, so that a bad option fails before gigabytes are downloaded or read.
 
-        names = {f.name for f in fields(DiffBIRSettings)}
+        ``options`` are make_config's, as values or as the CLI's ``--opt`` text (``"nan"``, ``"1e3"``, ``"off"``
+        are read as make_config reads them). ``model`` (what ``from_pretrained`` gets: a ``diffbir-*`` card name,
+        a path; None: the default model) and ``version`` (from_pretrained's ``version=``) decide the version whose
+        defaults complete the options, as from_pretrained decides it (a path without ``version``: v2.1); a version
+        that contradicts the card is refused here as there. With ``version="custom"`` (a trained folder, its base
+        version unknown here) the one check that depends on a version's default sampler (guidance needs
+        ``spaced``) waits for make_config."""
+        if version == "custom":
+            ver = None
+        else:
+            card = None
+            if model is None or str(model) == "":
+                card = get_card(cls.default_model_for(task))
+            elif isinstance(model, (str, os.PathLike)) and not Path(model).exists():
+                card = get_card(str(model))  # an unknown name is from_pretrained's to refuse
+                card = card if card is not None and card.method == cls.name else None
+            ver = load_version(card, version)
+        cls._settings(task, steps, ver, options)
+
+    def make_config(self, task: str, steps: int | None = None, **options) -> DiffBIRSettings:
+        """The settings of one restore call: ``options`` (official names, :attr:`ALIASES`, ``tiled``) over this
+        version's defaults, every value checked (:meth:`check_options_unloaded` runs the same checks without the
+        networks). ``scale`` / ``upscale`` / ``noise_level`` are the restore call's; ``precision`` /
+        ``torch_dtype`` are checked here and applied by the restore call."""
+        return self._settings(task, steps, self.version, options)
+
+    @classmethod
+    def _settings(cls, task: str, steps, version: str | None, options: dict) -> DiffBIRSettings:
+        """``options`` read and checked into the settings of ``version``: the one place of DiffBIR's option checks,
+        none of which needs a network. ``version`` None (not known yet): v2.1's defaults fill the settings, and
+        the guidance / sampler check applies to a sampler given in ``options`` only."""
+        from ...samplers import SAMPLER_NAMES
+        from .caption import check_captioner
+
+        if task not in TASKS:
+            raise TaskError(f"method {cls.name!r} does not do task {task!r}; it does: {', '.join(TASKS)}")
+        if version is not None:
+            check_version_task(version, task)
+        names = set(_FIELD_DEFAULTS) - {"version"}
         extra = {}
         for k, v in options.items():
-            if v is None or k in ("scale", "upscale", "noise_level", "noise", "precision", "torch_dtype"):
+            if v is None or k in ("scale", "upscale", "noise_level", "noise"):
                 continue
-            k = self.ALIASES.get(k, k)
+            if k in ("precision", "torch_dtype"):
+                precision_dtype(v)
+                continue
+            k = cls.ALIASES.get(k, k)
             if k == "tiled":
+                flag = option_value(k, v, False)
                 for f in ("cleaner_tiled", "vae_encoder_tiled", "vae_decoder_tiled", "cldm_tiled"):
-                    extra[f] = bool(v)
+                    extra[f] = flag
                 continue
-            if k not in names or k == "version":
-                raise TaskError(f"option {k!r} does not apply to DiffBIR; options are "
-                                f"{', '.join(sorted(names - {'version'}))}")
-            extra[k] = v
+            if k not in names:
+                raise TaskError(f"option {k!r} does not apply to DiffBIR; options are {', '.join(sorted(names))}")
+            extra[k] = option_value(k, v)
+        if steps is not None:
+            steps = option_value("steps", steps)
         if "g_scale" in extra and "guidance" not in extra:
-            extra["guidance"] = float(extra["g_scale"]) > 0
-        s = DiffBIRSettings.for_version(self.version, steps=steps, **extra)
+            extra["guidance"] = extra["g_scale"] > 0
+        s = DiffBIRSettings.for_version(version or "v2.1", steps=steps, **extra)
         choices = {"start_point_type": ("noise", "cond", "low_freq"), "g_space": ("latent", "rgb"),
                    "g_loss": ("mse", "w_mse"), "color_fix": ("wavelet", "none"), "sampler": SAMPLER_NAMES}
         for k, allowed in choices.items():
             if getattr(s, k) not in allowed:
                 raise TaskError(f"DiffBIR option {k}={getattr(s, k)!r}; choose one of {', '.join(allowed)}")
+        check_captioner(s.captioner)
         if s.steps < 1 or s.batch_size < 1 or s.n_samples < 1:
             raise TaskError("DiffBIR needs steps, batch_size and n_samples >= 1")
-        if s.cldm_tile_size % 64 or s.cldm_tile_stride < 8 or s.vae_encoder_tile_size % 8:
-            raise TaskError("DiffBIR needs cldm_tile_size a multiple of 64, cldm_tile_stride >= 8 and "
-                            "vae_encoder_tile_size a multiple of 8")
-        if not 0 <= int(s.noise_aug) < 1000:
+        if (s.cldm_tile_size % 64 or s.cldm_tile_size < 64 or s.cldm_tile_stride < 8 or s.vae_encoder_tile_size % 8
+                or s.vae_encoder_tile_size < 8):
+            raise TaskError("DiffBIR needs cldm_tile_size a positive multiple of 64, cldm_tile_stride >= 8 and "
+                            "vae_encoder_tile_size a positive multiple of 8")
+        if not 0 <= s.noise_aug < 1000:
             raise TaskError("DiffBIR noise_aug is a timestep in [0, 999]")
+        if s.guidance and s.g_scale > 0 and s.sampler != "spaced" and (version is not None or "sampler" in extra):
+            raise TaskError(f"restoration guidance (g_scale > 0) is applied by the 'spaced' sampler only, "
+                            f"not {s.sampler!r}")
         return s
 
     # -- restoration -------------------------------------------------------------------------
@@ -372,8 +414,7 @@ class DiffBIR(Restorer):
     def _prepare(self, task: str, steps, scale, options: dict) -> tuple[DiffBIRSettings, float]:
         """Checks the task, applies ``precision`` / ``torch_dtype``; returns the settings and the upscale factor."""
         self.check_task(task)
-        if (self.version, task) not in PLAN:
-            raise TaskError(f"DiffBIR {self.version} does not do task {task!r}; use v2 or v2.1")
+        check_version_task(self.version, task)
         options = dict(options)
         upscale = float(options.pop("upscale", None) or scale or 4)
         precision, dtype = options.pop("precision", None), options.pop("torch_dtype", None)
@@ -413,9 +454,7 @@ class DiffBIR(Restorer):
         autocast dtype of the pipeline (upstream's ``--precision``); None keeps the current one."""
         if precision is None:
             return
-        dtype = PRECISIONS.get(precision, precision) if isinstance(precision, str) else precision
-        if dtype not in PRECISIONS.values():
-            raise TaskError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
+        dtype = precision_dtype(precision)
         if dtype != self.pipeline.dtype:
             for m in (self.pipeline.unet, self.pipeline.controlnet, *self._controlnets.values()):
                 _cast(m, dtype)
@@ -439,6 +478,72 @@ class DiffBIR(Restorer):
         from .caption import caption_prompt
 
         return caption_prompt(s.captioner, y, s.pos_prompt, self.device)
+
+
+#: DiffBIRSettings field -> its default, whose type an option's value is read as (as the CLI reads --opt values)
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(DiffBIRSettings)}
+#: ranges of numeric options beyond "finite" ("whole" for the int ones); steps, batch_size, n_samples, noise_aug and
+#: the VAE encoder / ControlNet tile sizes are checked on the settings (DiffBIR._settings), with their own messages
+_RANGES = {"cleaner_tile_size": dict(lo=1), "cleaner_tile_stride": dict(lo=1), "vae_decoder_tile_size": dict(lo=8),
+           "order": dict(lo=1), "g_repeat": dict(lo=1), "eta": dict(lo=0), "s_churn": dict(lo=0),
+           "s_noise": dict(lo=0), "strength": dict(lo=0)}
+
+
+def option_value(key: str, value, default=None):
+    """``value`` read as DiffBIR option ``key`` (the type of its default, or of ``default``), or a one-line
+    :class:`TaskError`: bools from True / False (numpy's, 0 / 1) or the text true / yes / on / 1 / false / no / off /
+    0; numbers finite, whole for int options, in :data:`_RANGES`, also from text ("1e3", "nan" is refused); text
+    from anything but a container. The messages are the CLI's for --opt values."""
+    d = _FIELD_DEFAULTS[key] if default is None else default
+    if isinstance(d, bool):
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("true", "yes", "on", "1"):
+                return True
+            if low in ("false", "no", "off", "0"):
+                return False
+        elif isinstance(value, bool) or type(value).__name__ == "bool_" or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise TaskError(f"option {key} expects true or false, got {value!r}")
+    if isinstance(d, (int, float)):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise TaskError(f"option {key} expects a number, got {value!r}") from None
+        if key == "s_tmax" and isinstance(value, float) and value == math.inf:
+            return value  # k-diffusion's default: churn at every noise level
+        value = check_api_number(value, f"option {key}", error=TaskError, integer=isinstance(d, int),
+                                 **_RANGES.get(key, {}))
+        return value if isinstance(d, int) else float(value)
+    if isinstance(value, (dict, list, tuple, set)):
+        raise TaskError(f"option {key} expects text, got {value!r}")
+    return str(value)
+
+
+def precision_dtype(precision) -> torch.dtype:
+    """``fp32`` | ``fp16`` | ``bf16`` (or one of their torch dtypes) as a torch dtype, or a one-line TaskError."""
+    dtype = PRECISIONS.get(precision, precision) if isinstance(precision, str) else precision
+    if dtype not in PRECISIONS.values():
+        raise TaskError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
+    return dtype
+
+
+def load_version(card: ModelCard | None, version) -> str:
+    """The DiffBIR version ``from_pretrained`` loads: its ``version=``, else the card's, else v2.1."""
+    card_version = card.options.get("version") if card else None
+    if version is not None and card_version is not None and version != card_version:
+        raise TaskError(f"model {card.name!r} is DiffBIR {card_version}, not {version}")
+    version = version or card_version or "v2.1"
+    if version not in VERSIONS:
+        raise TaskError(f"unknown DiffBIR version {version!r}; choose {', '.join(VERSIONS)}")
+    return version
+
+
+def check_version_task(version: str, task: str) -> None:
+    if (version, task) not in PLAN:
+        raise TaskError(f"DiffBIR {version} does not do task {task!r}"
+                        + ("; use v2 or v2.1" if task == "unaligned_face" else ""))
 
 
 def _source(c: ModelCard) -> str:
