@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .errors import RestoreKitError, TaskError, one_line
+from .errors import RestoreKitError, TaskError, coerce_option, one_line
+from .limits import DEGRADATION
 
 def _add_run(sub):
     p = sub.add_parser("run", help="restore an image, a folder, a glob or a list of images",
@@ -269,15 +269,18 @@ def _merge_opts(args) -> dict:
     return extra
 
 
-#: numeric flags: args attribute -> (flag, option name in restorekit.limits.LIMITS)
-_NUMBER_FLAGS = {"scale": ("--scale", "scale"), "steps": ("--steps", "steps"), "seed": ("--seed", "seed"),
-                 "noise": ("--noise", "noise_level"), "lambda_": ("--lambda", "lambda_"), "zeta": ("--zeta", "zeta"),
-                 "eta": ("--eta", "eta"), "kernel_std": ("--kernel-std", "kernel_std"),
-                 "kernel_size": ("--kernel-size", "kernel_size"),
-                 "motion_intensity": ("--motion-intensity", "motion_intensity"),
-                 "sr_kernel_std": ("--sr-kernel-std", "sr_kernel_std"), "mask_prob": ("--mask-prob", "mask_prob"),
-                 "box_size": ("--box-size", "box_size"), "max_megapixels": ("--max-megapixels", "max_megapixels"),
-                 "batch_size": ("--batch-size", "batch_size")}
+def _flag(key: str) -> tuple[str, str]:
+    """A degradation setting's flag (noise -> --noise, kernel_std -> --kernel-std) and its option in LIMITS."""
+    return "--" + key.replace("_", "-"), DEGRADATION[key]
+
+
+#: numeric flags, in the order they are checked: args attribute -> (flag, option name in restorekit.limits.LIMITS)
+_NUMBER_FLAGS = {"scale": _flag("scale"), "steps": ("--steps", "steps"), "seed": ("--seed", "seed"),
+                 "noise": _flag("noise"), "lambda_": ("--lambda", "lambda_"), "zeta": ("--zeta", "zeta"),
+                 "eta": ("--eta", "eta"),
+                 **{k: _flag(k) for k in ("kernel_std", "kernel_size", "motion_intensity", "sr_kernel_std",
+                                          "mask_prob", "box_size")},
+                 "max_megapixels": ("--max-megapixels", "max_megapixels"), "batch_size": ("--batch-size", "batch_size")}
 
 
 def _check_numbers(args) -> None:
@@ -294,34 +297,8 @@ def _check_numbers(args) -> None:
 
 
 def _coerce(key: str, value, default):
-    """An --opt value read as the type of the option's default."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        low = str(value).strip().lower()
-        if low in ("true", "yes", "on", "1"):
-            return True
-        if low in ("false", "no", "off", "0"):
-            return False
-        raise RestoreKitError(f"option {key} expects true or false, got {value!r}")
-    if isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                value = float(str(value))
-            except ValueError:
-                raise RestoreKitError(f"option {key} expects a number, got {value!r}") from None
-        if not math.isfinite(value):
-            raise RestoreKitError(f"option {key} must be a finite number, got {value}")
-        if isinstance(default, int):
-            if float(value) != int(value):
-                raise RestoreKitError(f"option {key} expects a whole number, got {value}")
-            return int(value)
-        return float(value)
-    if isinstance(default, str):
-        if isinstance(value, (dict, list)):
-            raise RestoreKitError(f"option {key} expects text, got {value!r}")
-        return str(value)
-    return value
+    """An --opt value read as the type of the option's default (errors.coerce_option, as DiffBIR reads its own)."""
+    return coerce_option(key, value, default, error=RestoreKitError)
 
 
 def _coerce_extra(restorer, task: str, extra: dict) -> dict:

@@ -75,6 +75,37 @@ def check_api_number(v, what: str, *, error: type = ConfigError, **limits):
         raise error(str(e)) from None
 
 
+def coerce_option(key: str, value, default, *, error: type = ConfigError, **limits):
+    """``value`` read as option ``key``, whose default gives the type: a bool from True / False (numpy's, 0 / 1) or
+    the text true / yes / on / 1 / false / no / off / 0; a number from a number or its text ("1e3"), finite, whole
+    where the default is an int, in ``limits`` (:func:`check_number`'s); text from anything but a container; with
+    another default (None), the value as it is. The CLI reads ``--opt`` values so, and DiffBIR its options, with
+    the same one-line messages (``error``)."""
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("true", "yes", "on", "1"):
+                return True
+            if low in ("false", "no", "off", "0"):
+                return False
+        elif isinstance(value, bool) or type(value).__name__ == "bool_" or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise error(f"option {key} expects true or false, got {value!r}")
+    if isinstance(default, (int, float)):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise error(f"option {key} expects a number, got {value!r}") from None
+        value = check_api_number(value, f"option {key}", error=error, integer=isinstance(default, int), **limits)
+        return value if isinstance(default, int) else float(value)
+    if isinstance(default, str):
+        if isinstance(value, (dict, list, tuple, set)):
+            raise error(f"option {key} expects text, got {value!r}")
+        return str(value)
+    return value
+
+
 def check_flag(v, what: str, *, error: type = ConfigError) -> bool:
     """``v`` as a bool (``True`` / ``False``, numpy's, or the whole numbers 0 / 1), or ``error`` naming ``what``: a
     text such as ``"false"`` would otherwise be read as true."""

@@ -26,6 +26,12 @@ LIMITS: dict[str, dict] = {
 }
 
 
+#: degradation settings (benchmark task keys, the web UI's fields, run's --degrade flags) -> their option above
+DEGRADATION = {"noise": "noise_level", "kernel_std": "kernel_std", "sr_kernel_std": "sr_kernel_std",
+               "kernel_size": "kernel_size", "motion_intensity": "motion_intensity", "scale": "scale",
+               "mask_prob": "mask_prob", "box_size": "box_size"}
+
+
 def check_option(value, name: str, what: str | None = None, *, error: type = ConfigError, **override):
     """``value`` as option ``name`` takes it (a whole number where it counts), or ``error`` naming ``what`` (a CLI
     flag, a config entry; the option's name by default). ``override`` narrows a limit for one method (DiffPIR's

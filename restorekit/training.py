@@ -351,27 +351,27 @@ def find_resume(resume, state_dir: str | Path) -> Path | None:
     return p
 
 
-def save_atomic(obj, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a ``.part`` file renamed when complete (permissions as
-    :func:`restorekit.io.finish_atomic_write`: a new file gets 0o666 & ~umask, an overwritten one keeps its mode)."""
+def _write_via_part(path: str | Path, write) -> None:
+    """``write(tmp)`` to ``path``'s ``.part`` file, renamed onto ``path`` when complete with the permissions of
+    :func:`restorekit.io.finish_atomic_write` (a new file gets 0o666 & ~umask, an overwritten one keeps its mode)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
+    write(tmp)
     finish_atomic_write(tmp, path)
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (:func:`_write_via_part`)."""
+    _write_via_part(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_safetensors_atomic(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
-    """``safetensors.torch.save_file`` to ``path`` through a ``.part`` file renamed when complete. safetensors
-    creates its file with mode 0o600; the result gets the permissions of :func:`restorekit.io.finish_atomic_write`
-    (0o666 & ~umask for a new file, 0o644 under the usual umask 0o022)."""
+    """``safetensors.torch.save_file`` to ``path`` atomically (:func:`_write_via_part`): safetensors creates its file
+    with mode 0o600, the result gets 0o644 under the usual umask 0o022."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    save_file(tensors, str(tmp), metadata=metadata)
-    finish_atomic_write(tmp, path)
+    _write_via_part(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 class RandomStream:

@@ -56,12 +56,17 @@ def test_atomic_writers_give_new_files_the_umask_mode(tmp_path, umask022):
     assert _mode(tmp_path / "b.png") == 0o600
 
 
+def _pngs(folder, seed: int, n: int = 2):
+    """``n`` random 40x40 PNGs in a new ``folder``."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
 def test_trained_prior_weights_are_0644(tmp_path, umask022, capsys):
-    d = tmp_path / "data"
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(d / f"{i}.png")
+    d = _pngs(tmp_path / "data", seed=0)
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(TINY.to_dict()))
     out = tmp_path / "p.safetensors"
@@ -109,11 +114,7 @@ def test_offline_lpips_is_quiet_and_noted_once(offline_hub, capfd):
 
 
 def test_offline_cli_run_folder_notes_lpips_once(offline_hub, tmp_path, capfd):
-    d = tmp_path / "in"
-    d.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(2):
-        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(d / f"{i}.png")
+    d = _pngs(tmp_path / "in", seed=1)
     assert main(["run", "--method", "classical", "--task", "denoise", "--input", str(d), "--output",
                  str(tmp_path / "out"), "--degrade", "--seed", "0"]) == 0
     out, err = capfd.readouterr()

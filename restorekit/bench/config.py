@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, RestoreKitError, check_number
-from ..limits import check_option
+from ..limits import DEGRADATION, check_option
 from ..training import IMAGE_EXTS
 
 #: keys of a task entry that are not options of the degradation (``operators.synthesize``)
@@ -138,9 +138,7 @@ def check_degradation(spec: dict, where: str) -> None:
     unknown = sorted(str(k) for k in set(spec) - set(allowed))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-    for key, name in (("noise", "noise_level"), ("kernel_std", "kernel_std"), ("sr_kernel_std", "sr_kernel_std"),
-                      ("kernel_size", "kernel_size"), ("motion_intensity", "motion_intensity"), ("scale", "scale"),
-                      ("mask_prob", "mask_prob"), ("box_size", "box_size")):  # the CLI's ranges: restorekit.limits
+    for key, name in DEGRADATION.items():  # the CLI's ranges: restorekit.limits
         if key in spec and not (key == "kernel_std" and spec[key] is None):  # None: DiffPIR's random std
             check_option(spec[key], name, f"{where}: {key}")
     size = spec.get("kernel_size")

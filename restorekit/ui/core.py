@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ImageReadError, RestoreKitError, TaskError, WeightsError, first_line
-from ..limits import check_option
+from ..limits import DEGRADATION, check_option
 
 log = logging.getLogger("restorekit.ui")
 
@@ -171,13 +171,12 @@ class Degradation:
     mask_file: str | None = None
     noise: float | None = None
 
-    #: field -> option of restorekit.limits (the CLI's flag ranges)
-    _LIMITS = (("kernel_std", "kernel_std"), ("kernel_size", "kernel_size"), ("scale", "scale"),
-               ("mask_prob", "mask_prob"), ("box_size", "box_size"), ("noise", "noise_level"))
-
     def check(self, task: str) -> None:
-        """Its numbers finite and in range, as the CLI's flags; an SR task needs a scale."""
-        for key, name in self._LIMITS:
+        """Its numbers finite and in range, as the CLI's flags (restorekit.limits.DEGRADATION); an SR task needs a
+        scale."""
+        for key, name in DEGRADATION.items():
+            if not hasattr(self, key):  # the UI has no SR blur std or motion intensity
+                continue
             v = getattr(self, key)
             if v is not None or (key == "scale" and task == "sr"):
                 setattr(self, key, check_option(v, name, key))

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ...api import Restorer
-from ...errors import TaskError, WeightsError, check_api_number, first_line, one_line
+from ...errors import TaskError, WeightsError, coerce_option, first_line, one_line
 from ...registry import get_card, register_method
 from ...weights import ModelCard, cache_dir, load_state_dict, load_strict, resolve_card
 from .pipeline import DiffBIRPipeline, DiffBIRSettings
@@ -490,35 +490,19 @@ _RANGES = {"cleaner_tile_size": dict(lo=1), "cleaner_tile_stride": dict(lo=1), "
 
 
 def option_value(key: str, value, default=None):
-    """``value`` read as DiffBIR option ``key`` (the type of its default, or of ``default``), or a one-line
-    :class:`TaskError`: bools from True / False (numpy's, 0 / 1) or the text true / yes / on / 1 / false / no / off /
-    0; numbers finite, whole for int options, in :data:`_RANGES`, also from text ("1e3", "nan" is refused); text
-    from anything but a container. The messages are the CLI's for --opt values."""
+    """``value`` read as DiffBIR option ``key`` (the type of its default, or of ``default``; text where the default
+    is not a bool or a number) by :func:`restorekit.errors.coerce_option`, as the CLI reads --opt values, with the
+    ranges of :data:`_RANGES`; or a one-line :class:`TaskError`."""
     d = _FIELD_DEFAULTS[key] if default is None else default
-    if isinstance(d, bool):
-        if isinstance(value, str):
-            low = value.strip().lower()
-            if low in ("true", "yes", "on", "1"):
-                return True
-            if low in ("false", "no", "off", "0"):
-                return False
-        elif isinstance(value, bool) or type(value).__name__ == "bool_" or (isinstance(value, int) and value in (0, 1)):
-            return bool(value)
-        raise TaskError(f"option {key} expects true or false, got {value!r}")
-    if isinstance(d, (int, float)):
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise TaskError(f"option {key} expects a number, got {value!r}") from None
-        if key == "s_tmax" and isinstance(value, float) and value == math.inf:
-            return value  # k-diffusion's default: churn at every noise level
-        value = check_api_number(value, f"option {key}", error=TaskError, integer=isinstance(d, int),
-                                 **_RANGES.get(key, {}))
-        return value if isinstance(d, int) else float(value)
-    if isinstance(value, (dict, list, tuple, set)):
-        raise TaskError(f"option {key} expects text, got {value!r}")
-    return str(value)
+    if not isinstance(d, (bool, int, float)):
+        d = ""
+    if key == "s_tmax" and isinstance(value, (str, float)):
+        try:
+            if float(value) == math.inf:
+                return math.inf  # k-diffusion's default: churn at every noise level
+        except ValueError:
+            pass
+    return coerce_option(key, value, d, error=TaskError, **_RANGES.get(key, {}))
 
 
 def precision_dtype(precision) -> torch.dtype:
