@@ -8,6 +8,10 @@
 
 __version__ = "0.1.0"
 
+from .nets._compat import quiet_bitsandbytes_kernel_note  # noqa: E402
+
+quiet_bitsandbytes_kernel_note()  # before pyiqa / diffusers import bitsandbytes
+
 from .api import Restorer  # noqa: E402
 from .errors import ConfigError, ImageReadError, RestoreKitError, TaskError, WeightsError  # noqa: E402
 from .registry import available_methods, model_cards  # noqa: E402

@@ -51,6 +51,14 @@ def test_bad_option_fails_without_weights(opts, needle):
     assert msg.startswith(needle) and "\n" not in msg
 
 
+def test_dpmpp_m2_needs_two_steps_without_weights():
+    # the sampler raised this only at the first image, after the 5 GB of weights were loaded
+    msg = _message(DiffBIR.check_options_unloaded, "sr", 1, sampler="dpm++_m2")
+    assert msg == "DiffBIR's dpm++_m2 sampler needs at least 2 steps (its order)"
+    assert DiffBIR.check_options_unloaded("sr", 2, sampler="dpm++_m2") is None
+    assert DiffBIR.check_options_unloaded("sr", 1, sampler="ddim") is None
+
+
 def test_a_valid_option_set_passes_also_as_cli_text():
     assert DiffBIR.check_options_unloaded("sr", 10, cfg_scale=4.5, sampler="edm_euler", captioner="none",
                                           n_samples=2, tiled=True, guidance_scale=0.0, precision="fp16") is None

@@ -151,3 +151,39 @@ def test_diffbir_swinir_builds_without_meshgrid_warning():
         warnings.simplefilter("error")
         net = SwinIR(SwinIRConfig(img_size=16, embed_dim=12, depths=(1,), num_heads=(2,), window_size=4, sf=1))
     assert net(torch.rand(1, 3, 8, 8)).shape == (1, 3, 8, 8)
+
+
+def _fresh_python(code: str) -> str:
+    """stderr of ``code`` run in a new interpreter (torch warns about meshgrid once per process)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stderr
+
+
+def test_spandrel_stage1_file_loads_without_meshgrid_warning(tmp_path):
+    from spandrel.architectures.SwinIR import SwinIR
+
+    torch.manual_seed(0)
+    f = tmp_path / "swinir_x2.pth"
+    torch.save(SwinIR(upscale=2, img_size=16, window_size=4, depths=[1], num_heads=[2], embed_dim=12,
+                      upsampler="pixelshuffle").state_dict(), f)
+    err = _fresh_python("import warnings; warnings.simplefilter('always')\n"
+                        "from restorekit.methods.diffbir.restorer import load_stage1_file\n"
+                        f"net, kind = load_stage1_file({str(f)!r})\nassert kind == 'bsrnet', kind\n")
+    assert "meshgrid" not in err, err
+
+
+def test_bitsandbytes_kernel_note_is_dropped():
+    """bitsandbytes (imported by pyiqa and diffusers) logs this at import on CPUs with AVX512-BF16 and without the
+    optional 'kernels' package; after ``import restorekit`` it is dropped, its logger's other records pass."""
+    err = _fresh_python(
+        "import logging, restorekit\n"
+        "log = logging.getLogger('bitsandbytes.backends.cpu.ops')\n"
+        "log.warning('Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you '\n"
+        "            'already `pip install kernels` and the kernels >= 0.11.1', \"No module named 'kernels'\")\n"
+        "log.warning('another bitsandbytes warning')\n"
+        "import pyiqa, diffusers\n")
+    assert "gemm_4bit_forward" not in err and "another bitsandbytes warning" in err, err

@@ -384,6 +384,8 @@ class DiffBIR(Restorer):
         check_captioner(s.captioner)
         if s.steps < 1 or s.batch_size < 1 or s.n_samples < 1:
             raise TaskError("DiffBIR needs steps, batch_size and n_samples >= 1")
+        if s.sampler == "dpm++_m2" and s.steps < 2:
+            raise TaskError("DiffBIR's dpm++_m2 sampler needs at least 2 steps (its order)")
         if (s.cldm_tile_size % 64 or s.cldm_tile_size < 64 or s.cldm_tile_stride < 8 or s.vae_encoder_tile_size % 8
                 or s.vae_encoder_tile_size < 8):
             raise TaskError("DiffBIR needs cldm_tile_size a positive multiple of 64, cldm_tile_stride >= 8 and "
@@ -589,6 +591,8 @@ def load_stage1_file(path, device=None) -> tuple[SpandrelStage1, str]:
     keys. The model must map 3 channels to 3 channels."""
     import spandrel
 
+    from ...nets._compat import meshgrid_default_indexing
+
     p = Path(path)
     sd, _ = load_state_dict(p)
     if not isinstance(sd, dict):
@@ -598,7 +602,8 @@ def load_stage1_file(path, device=None) -> tuple[SpandrelStage1, str]:
     if bad or not sd:
         raise WeightsError(f"{p}: not a state dict of tensors" + (f" (non-tensor entries {bad[:3]})" if bad else ""))
     try:
-        desc = spandrel.ModelLoader(device="cpu").load_from_state_dict(dict(sd))
+        with meshgrid_default_indexing():  # spandrel's SwinIR / HAT / Swin2SR call torch.meshgrid without indexing=
+            desc = spandrel.ModelLoader(device="cpu").load_from_state_dict(dict(sd))
     except spandrel.UnsupportedModelError:
         raise WeightsError(f"{p}: spandrel does not recognise this model's architecture") from None
     except Exception as e:  # noqa: BLE001  (a recognised architecture whose tensors do not fit, or malformed)
