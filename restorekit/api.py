@@ -62,8 +62,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 #: largest image (in megapixels) a method restores in one piece by default, and why; ``max_megapixels=`` (the
 #: CLI's --max-megapixels) lifts it. DiffPIR's UNet attends over the whole image, so its memory grows with the square
-#: of the pixel count; the classical filters hold several full-size float and FFT copies (about 0.3 GB a megapixel
-#: for Wiener on a CPU), so that an x16 SR of a photo would need hundreds of GB.
+#: of the pixel count; the classical filters hold several full-size float and FFT copies (per megapixel of the
+#: result about 0.3 GB for Wiener, 0.9 for biharmonic, 1.3 for TV: benchmarks/results/classical_memory.md).
 MAX_MEGAPIXELS = {"diffpir": 1.1, "classical": 32.0}
 _WHY_LIMIT = {"diffpir": "its UNet attends over the whole image: memory grows with the square of the pixel count",
               "classical": "its filters hold several full-size float and FFT copies"}
