@@ -437,14 +437,14 @@ def cmd_run(args) -> int:
             except RestoreKitError as e:
                 if single:
                     raise
-                failures.append(j.input)
+                failures.append((j.input, one_line(e)))
                 tqdm.write(f"error: {j.input}: {one_line(e)}", file=sys.stderr)
             bar.update(1)
     else:
         from .files import batches_by_size, image_size
 
         def on_error(job, e):
-            failures.append(job.input)
+            failures.append((job.input, one_line(e)))
             tqdm.write(f"error: {job.input}: {one_line(e)}", file=sys.stderr)
 
         for chunk in batches_by_size(todo, batch_size, lambda j: image_size(j.input)):
@@ -452,8 +452,9 @@ def cmd_run(args) -> int:
             bar.update(len(chunk))
         summaries.sort(key=lambda d: d["seed"])  # sorted input order, as without batches
     bar.close()
-    if args.json:
-        print(json.dumps(summaries[0] if single else summaries, indent=2))
+    if args.json:  # a folder run lists its failed images too: {"input": ..., "error": ...}
+        failed = [{"input": str(i), "error": m} for i, m in failures]
+        print(json.dumps(summaries[0] if single else summaries + failed, indent=2))
     if failures:
         rest = "nothing was written" if len(failures) == len(todo) else "the others were written"
         print(f"error: {len(failures)} of {len(todo)} images failed (listed above); {rest}", file=sys.stderr)

@@ -193,13 +193,18 @@ def check_not_inputs(paths: list[Path], inputs: list[Path], overwrite: bool) -> 
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(height, width) of an image file from its header, or ``None`` when it cannot be told (then the image is
-    read and restored on its own, and a broken file is reported as usual)."""
+    """(height, width) of an image file from its header, as it displays (an EXIF orientation of 5-8 swaps them, as
+    :func:`restorekit.io.read_image` does), or ``None`` when it cannot be told (then the image is read and
+    restored on its own, and a broken file is reported as usual)."""
     try:
         from PIL import Image
 
+        from .io import _exif_orientation
+
         with Image.open(path) as im:
             w, h = im.size
+            if _exif_orientation(im) >= 5:
+                w, h = h, w
         return int(h), int(w)
     except Exception:  # noqa: BLE001 - any unreadable header just means "do not batch this one"
         return None

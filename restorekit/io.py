@@ -69,10 +69,21 @@ def _to_float(arr: np.ndarray) -> tuple[np.ndarray, int]:
         return arr.astype(np.float32) / 255.0, 8
     if arr.dtype == np.uint16:
         return arr.astype(np.float32) / 65535.0, 16
-    if arr.dtype in (np.int32, np.int64, np.uint32) and arr.size and arr.max() > 255:
-        return np.clip(arr.astype(np.float32) / 65535.0, 0, 1), 16
     if np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.float32) / 255.0, 8
+        # other integer types carry no fixed range: their values decide it (0..255 is 8-bit data, 0..65535
+        # 16-bit); an unsigned 32/64-bit type above that is full-range data of its type (32-bit TIFF)
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0:
+            raise ImageReadError(f"integer pixel values must not be negative, got {lo}..{hi} ({arr.dtype}); give "
+                                 "uint8 / uint16 data or floats in [0, 1]")
+        if hi <= 255:
+            return arr.astype(np.float32) / 255.0, 8
+        if hi <= 65535:
+            return arr.astype(np.float32) / 65535.0, 16
+        if np.issubdtype(arr.dtype, np.unsignedinteger):
+            return (arr.astype(np.float64) / float(np.iinfo(arr.dtype).max)).astype(np.float32), 16
+        raise ImageReadError(f"{arr.dtype} pixel values up to {hi} have no known range (above 16-bit's 65535); "
+                             "give uint8 / uint16 data or floats in [0, 1]")
     if np.issubdtype(arr.dtype, np.floating):
         f = arr.astype(np.float32)
         check_float_range(float(np.min(f)) if np.isfinite(f).all() else float("nan"), float(np.max(f)))
@@ -125,6 +136,31 @@ def _native_stderr_silenced():
         os.close(null)
 
 
+#: formats whose extra frames are an animation (GIF, APNG, animated WebP): such a file is refused rather than
+#: restored from its first frame. Multi-page TIFFs (often a full image and its thumbnails) give their first page.
+_ANIMATED_FORMATS = ("GIF", "PNG", "WEBP")
+
+
+def _exif_orientation(im) -> int:
+    """The EXIF Orientation tag (1-8) of an open PIL image; 1 (as stored) when it has none or it is unreadable."""
+    try:
+        v = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001  (a damaged EXIF block: the pixels as stored)
+        return 1
+    return v if 1 <= v <= 8 else 1
+
+
+def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels as stored (HxW or HxWxC) -> as the EXIF Orientation says they display, as PIL's
+    ``ImageOps.exif_transpose``: a phone photo taken upright is restored upright (the result carries no EXIF)."""
+    if orientation == 1:
+        return arr
+    op = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+          5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+          8: lambda a: np.rot90(a, 1)}[orientation]
+    return np.ascontiguousarray(op(arr))
+
+
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     """Read an image file as float32 RGB HxWx3 in [0, 1].
 
@@ -137,16 +173,21 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
         raise ImageReadError(f"input image not found: {p}")
     if p.is_dir():
         raise ImageReadError(f"input is a directory, not an image: {p}")
-    arr, fmt = None, None
+    arr, fmt, frames, orientation = None, None, 1, 1
     try:  # the header alone: refuse decompression bombs before anything decodes them
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as im:
                 fmt, (w, h) = im.format, im.size
+                frames = int(getattr(im, "n_frames", 1) or 1)
+                orientation = _exif_orientation(im)
     except Image.DecompressionBombError:
         w = h = -1
     except (UnidentifiedImageError, OSError, ValueError):
         w = h = 0
+    if frames > 1 and fmt in _ANIMATED_FORMATS:
+        raise ImageReadError(f"image {p} is an animation of {frames} frames ({fmt}); restorekit restores single "
+                             "images: save the frame you want as its own file")
     if w * h > MAX_READ_PIXELS or w < 0:
         size = f"over {2 * MAX_READ_PIXELS / 1e6:.0f} M" if w < 0 else f"{w}x{h}"
         raise ImageReadError(f"image {p} declares {size} pixels, over the {MAX_READ_PIXELS / 1e6:.0f} MP limit for "
@@ -182,8 +223,14 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
             raise ImageReadError(f"cannot read image {p}: not a supported image file ({e})") from None
     if arr.size == 0 or min(arr.shape[:2]) < 1:
         raise ImageReadError(f"image {p} is empty")
-    f, depth = _to_float(arr)
-    rgb, channels, alpha = _split_channels(f)
+    arr = _apply_orientation(arr, orientation)
+    try:
+        f, depth = _to_float(arr)
+        rgb, channels, alpha = _split_channels(f)
+    except ImageReadError as e:
+        raise ImageReadError(f"image {p}: {e}") from None
+    if np.issubdtype(arr.dtype, np.floating):
+        depth = 16  # a float file (TIFF) is written back with 16 bits, not 8
     info = ImageInfo(kind="file", channels=channels, bit_depth=depth, dtype=arr.dtype, alpha=alpha)
     return np.ascontiguousarray(np.clip(rgb, 0, 1), dtype=np.float32), info
 
@@ -228,6 +275,14 @@ def to_tensor(image) -> tuple[torch.Tensor, ImageInfo]:
         c = t.shape[1]
         if c not in (1, 3, 4):
             raise ImageReadError(f"unsupported number of channels: {c}")
+        if t.is_complex():
+            raise ImageReadError(f"unsupported pixel type {t.dtype} (complex values)")
+        if not (t.is_floating_point() or t.dtype == torch.bool):
+            lo, hi = int(t.min()), int(t.max())
+            if not 0 <= lo <= hi <= 1:
+                hint = " (divide by 255)" if hi <= 255 and lo >= 0 else ""
+                raise ImageReadError(f"a {t.dtype} tensor image must hold floats in [0, 1], got integers "
+                                     f"{lo}..{hi}; convert it with .float(){hint}")
         t = t.float()
         if not bool(torch.isfinite(t).all()):
             raise ImageReadError("image tensor contains NaN or infinite values")

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,6 +233,10 @@ def _file_kind(head: bytes) -> str | None:
     return None
 
 
+#: how a legacy (non-zip) torch.save file starts: pickle protocol 2, then the magic number 0x1950a86a20f9469cfc6c
+_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
 def _diagnose(p: Path) -> str:
     """Why ``p`` cannot be read, as precisely as its bytes allow."""
     import json
@@ -281,7 +286,11 @@ def _diagnose(p: Path) -> str:
             return f"the file is corrupt: member {bad} fails its CRC check"
         return "its PyTorch pickle data is corrupt"
     if kind == "a pickle":
-        return "the file is truncated or corrupt (a pickle/legacy PyTorch file that ends early or is malformed)"
+        if not head.startswith(_LEGACY_TORCH_HEAD):
+            return ("it is a plain pickle, not a PyTorch checkpoint (torch.save writes a zip archive, or a legacy "
+                    "file that starts with torch's magic number); restorekit never unpickles arbitrary objects: "
+                    "re-save the tensors with torch.save or safetensors")
+        return "the file is truncated or corrupt (a legacy PyTorch file that ends early or is malformed)"
     if kind is not None:
         return f"it is not a checkpoint: it looks like {kind}"
     return ("the file is corrupt or not a checkpoint (its bytes are neither a PyTorch .pt/.pth/.ckpt nor a "
@@ -303,7 +312,9 @@ def _torch_load_safe(p: Path) -> tuple[object, list[str]]:
         except Exception:
             names = []
     for _ in range(64):
-        with torch.serialization.safe_globals([(_placeholder(n), n) for n in names]):
+        with torch.serialization.safe_globals([(_placeholder(n), n) for n in names]), warnings.catch_warnings():
+            # torch warns about a pickle protocol it does not expect before it fails; the error says it in one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             try:
                 return torch.load(str(p), map_location="cpu", weights_only=True), \
                     [n for n in names if n not in _HARMLESS_BUILTINS]
