@@ -656,16 +656,19 @@ def _restore_batch(args, restorer, cfg, extra: dict, jobs, degraded: dict, inner
 
 #: flags each trainer reads; any other flag given is refused, not silently ignored
 _TRAIN_FLAGS = {
-    "diffir": {"s1_weights", "s2_weights", "d_weights", "val_freq"},
-    "diffbir": {"sd_path", "s1_weights", "val_data", "val_freq"},
+    "diffir": {"stage", "s1_weights", "s2_weights", "d_weights", "val_freq"},
+    "diffbir": {"stage", "sd_path", "s1_weights", "val_data", "val_freq"},
     "prior": {"batch_size", "crop", "lr", "seed", "init"},
 }
-_TRAIN_OPTIONAL = ("s1_weights", "s2_weights", "d_weights", "val_freq", "sd_path", "val_data", "batch_size", "crop",
-                   "lr", "seed", "init")
+_TRAIN_OPTIONAL = ("stage", "s1_weights", "s2_weights", "d_weights", "val_freq", "sd_path", "val_data", "batch_size",
+                   "crop", "lr", "seed", "init")
 
 
 def cmd_train(args) -> int:
     kind = args.method if args.method in ("diffir", "diffbir") else "prior"
+    if kind == "prior" and args.what != "prior" and args.method != "diffpir":
+        raise RestoreKitError("say what to train: 'restorekit train prior ...' or "
+                              "'restorekit train --method diffir|diffbir --stage ...'")
     unused = [k for k in _TRAIN_OPTIONAL if getattr(args, k) is not None and k not in _TRAIN_FLAGS[kind]]
     if unused:
         flag = "--" + unused[0].replace("_", "-")
@@ -699,8 +702,6 @@ def cmd_train(args) -> int:
             info.pop(k, None)
         print(json.dumps(info))
         return 0
-    if args.what != "prior" and args.method != "diffpir":
-        raise RestoreKitError("say what to train: 'restorekit train prior ...' or 'restorekit train --method diffir ...'")
     if not args.data or not args.output:
         raise RestoreKitError("prior training needs --data DIR and --output FILE")
     from .methods.diffpir.train import DEMO_UNET, TRAIN_DEFAULTS, load_prior_config, train_prior
@@ -713,7 +714,7 @@ def cmd_train(args) -> int:
         if getattr(args, k) is not None:
             opts[k] = getattr(args, k)
     info = train_prior(args.data, args.output, config=cfg, init=args.init, log=lambda s: print(s, file=sys.stderr),
-                       resume=args.resume, state_dir=args.state_dir, **opts)
+                       resume=args.resume, state_dir=args.state_dir, config_file=args.config, **opts)
     print(json.dumps(info))
     return 0
 

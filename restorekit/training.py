@@ -53,17 +53,73 @@ def _image_files(spec) -> set[Path]:
     return {root.resolve()} if root.is_file() else set()
 
 
-def check_training_output(output, data=(), inputs=(), also=(), state_dir=None, name: str = "--output") -> Path:
+#: the largest seed a trainer takes: torch's generators take [0, 2**64 - 1], numpy's any seed >= 0; the streams
+#: are seeded ``seed + rank`` (and ``seed + 1000 + rank``), which must stay in range
+MAX_SEED = 2 ** 63 - 1
+
+
+def check_seed(v, what: str = "seed") -> int:
+    """``v`` as a training seed (a whole number in [0, :data:`MAX_SEED`]), or a :class:`ConfigError` naming
+    ``what`` (torch's ``manual_seed`` and numpy's ``default_rng`` want non-negative seeds)."""
+    from .errors import check_number
+
+    v = check_number(v, what, lo=0, integer=True)
+    if v > MAX_SEED:
+        raise ConfigError(f"{what} must be at most 2**63 - 1 ({MAX_SEED}), got {v}")
+    return v
+
+
+def latest_state(state_dir) -> Path | None:
+    """The ``<iter>.state`` file of the highest iteration in ``state_dir`` (None: none there)."""
+    sd = Path(state_dir)
+    if not sd.is_dir():
+        return None
+    states = sorted(sd.glob("*.state"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
+    return states[-1] if states else None
+
+
+def check_no_earlier_states(state_dir, resume) -> None:
+    """A fresh run (``resume`` unset) that writes training states must not mix them with an earlier run's in
+    ``state_dir``: its states would overwrite some of them and leave the later ones, and ``--resume auto``
+    would then pick a state of the other run."""
+    if resume not in (None, False, ""):
+        return
+    last = latest_state(state_dir)
+    if last is not None:
+        raise ConfigError(f"the training-state folder {state_dir} already holds states of an earlier run (latest: "
+                          f"{last.name}); continue that run with --resume auto, or start over: delete {state_dir} "
+                          f"or give another --output / --state-dir")
+
+
+def overwrite_note(paths, log) -> None:
+    """``note: P exists and will be overwritten`` (as ``restorekit run`` says) for each existing file of ``paths``."""
+    for p in paths:
+        if Path(p).is_file():
+            log(f"note: {p} exists and will be overwritten")
+
+
+def check_training_output(output, data=(), inputs=(), also=(), state_dir=None, name: str = "--output",
+                          resume=None) -> Path:
     """Refuse, before any training work, a weights ``output`` that would destroy an input or cannot be written.
 
-    ``output`` (and each path in ``also``, other files the run writes) must not be an existing folder, must not
-    have an image suffix (a trainer writes weights, never an image), must not resolve to an image of the training
-    data (``data``: folders, image files or dicts of them, as ``load_images`` / ``load_pairs`` read) nor to one of
-    ``inputs`` (``{label: path}``: weights, config, resume state), and must be writable. ``state_dir``: the folder
-    of training states, when the run writes them (it must be a folder, or creatable, and writable). ``name``: how
-    the messages call the output (the flag or config entry that set it)."""
+    ``output`` (and each path in ``also``, other files the run writes) must not be an existing folder nor a name
+    ending with a path separator, must not have an image suffix (a trainer writes weights, never an image), must
+    not resolve to an image of the training data (``data``: folders, image files or dicts of them, as
+    ``load_images`` / ``load_pairs`` read) nor to one of ``inputs`` (``{label: path}``: weights, config, resume
+    state), and must be writable. ``state_dir``: the folder of training states, when the run writes them (it must
+    be a folder, or creatable, and writable; a fresh run, ``resume`` unset, must not find states of an earlier run
+    there: :func:`check_no_earlier_states`). ``name``: how the messages call the output (the flag or config entry
+    that set it)."""
+    import os
+
     from .files import check_writable
 
+    seps = tuple(s for s in (os.sep, os.altsep, "/") if s)
+    for p in [output, *also]:
+        if isinstance(p, (str, os.PathLike)) and os.fspath(p).endswith(seps):
+            q = Path(p)
+            raise ConfigError(f"{name} {os.fspath(p)} is a folder; give a weights file name such as "
+                              f"{q / 'model.safetensors'}")
     out = Path(output)
     data_files: set[Path] = set()
     for d in data:
@@ -91,6 +147,7 @@ def check_training_output(output, data=(), inputs=(), also=(), state_dir=None, n
         if sd.exists() and not sd.is_dir():
             raise ConfigError(f"the training-state folder {sd} is a file, not a folder")
         check_writable(sd / "1.state")
+        check_no_earlier_states(sd, resume)
     return out
 
 
@@ -341,14 +398,45 @@ def find_resume(resume, state_dir: str | Path) -> Path | None:
     if resume in (None, False, ""):
         return None
     if str(resume) == "auto":
-        states = sorted(Path(state_dir).glob("*.state"), key=lambda p: int(p.stem) if p.stem.isdigit() else -1)
-        return states[-1] if states else None
+        return latest_state(state_dir)
     p = Path(resume)
     if p.is_dir():
         return find_resume("auto", p)
     if not p.is_file():
         raise ConfigError(f"--resume: training state not found: {p}")
     return p
+
+
+#: what every training state written by :meth:`StepLoop.save` holds
+_STATE_KEYS = ("iter", "meta", "rng", "local", "objects", "history")
+
+
+def load_training_state(path: str | Path, keys=_STATE_KEYS) -> dict:
+    """A training state file (``torch.load``, ``weights_only``) as its dict, or a one-line :class:`ConfigError`
+    naming the file when it is empty, truncated, corrupt or not a restorekit training state (``keys``: what it
+    must hold)."""
+    path = Path(path)
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises IndexError, EOFError, RuntimeError, UnpicklingError, ... on bad bytes
+        from .errors import first_line
+        from .weights import _diagnose
+
+        try:
+            why = _diagnose(path)
+        except Exception:
+            why = "the file is corrupt, truncated or not a training state"
+        detail = first_line(e, 160, "")
+        if "Weights only load failed" in detail or "failed finding central directory" in detail:
+            detail = ""
+        raise ConfigError(f"--resume: cannot load the training state {path}: {why}"
+                          + (f" [{type(e).__name__}: {detail}]" if detail else "")) from None
+    missing = [k for k in keys if not isinstance(st, dict) or k not in st]
+    if missing:
+        what = f"a {type(st).__name__}" if not isinstance(st, dict) else f"no {', '.join(missing)}"
+        raise ConfigError(f"--resume: {path} is not a restorekit training state (it holds {what}; states are the "
+                          f"<iteration>.state files a run writes with save_every / --save-every)")
+    return st
 
 
 def _write_via_part(path: str | Path, write) -> None:
@@ -386,6 +474,18 @@ class RandomStream:
 
     def load_state_dict(self, sd: dict) -> None:
         self.gen.set_state(sd["state"])
+
+
+def _load_object(obj, sd, path: Path, name: str) -> None:
+    """``obj.load_state_dict(sd)``; a state that does not fit (another network, a damaged file) is a one-line
+    :class:`ConfigError` naming the state file and the object."""
+    try:
+        obj.load_state_dict(sd)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        from .errors import first_line
+
+        raise ConfigError(f"--resume: the {name} state in {path} does not fit this run ({type(e).__name__}: "
+                          f"{first_line(e, 160, 'no detail')})") from None
 
 
 def _plain(v):
@@ -437,6 +537,7 @@ class StepLoop:
         self.time_limit = None if time_limit is None else float(time_limit)
         self.log_skip = set(log_skip)
         self.split_batches = split_batches
+        seed = check_seed(seed)
         torch.manual_seed(seed + self.rank)
         random.seed(seed + self.rank)
         import numpy as np
@@ -482,9 +583,16 @@ class StepLoop:
         self.meta = dict(meta or {})
         path = find_resume(resume, self.state_dir)
         if path is None:
+            if self.save_every:  # a fresh run writing states beside an earlier run's (a trainer checks it earlier)
+                check_no_earlier_states(self.state_dir, resume)
             return 0
-        st = torch.load(path, map_location="cpu", weights_only=True)
-        saved = json.loads(st.get("meta", "{}"))
+        st = load_training_state(path)
+        try:
+            saved = json.loads(st["meta"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"--resume: {path} is not a restorekit training state (its meta is not JSON)") from None
+        if not isinstance(saved, dict) or not isinstance(st["objects"], dict):
+            raise ConfigError(f"--resume: {path} is not a restorekit training state (malformed meta or objects)")
         if saved != json.loads(json.dumps(self.meta)):
             diff = sorted(k for k in set(saved) | set(self.meta) if saved.get(k) != self.meta.get(k))
             raise ConfigError(f"{path} is a training state of another run (differs in: {', '.join(diff)})")
@@ -492,17 +600,23 @@ class StepLoop:
         if missing:
             raise ConfigError(f"{path} has no state for {', '.join(missing)}")
         for k, obj in state.items():
-            obj.load_state_dict(st["objects"][k])
+            _load_object(obj, st["objects"][k], path, k)
         own = st
         if self.rank:
             rank_file = path.with_name(f"{path.stem}.rng{self.rank}")
             if not rank_file.is_file():
                 raise ConfigError(f"{path}: no state of process {self.rank} ({rank_file.name}); resume with the same "
                                   f"number of processes")
-            own = torch.load(rank_file, map_location="cpu", weights_only=True)
+            own = load_training_state(rank_file, keys=("rng", "local"))
         for k, obj in (local or {}).items():
-            obj.load_state_dict(own["local"][k])
-        set_rng_state(own["rng"], self.rng, self.g)
+            if not isinstance(own["local"], dict) or k not in own["local"]:
+                raise ConfigError(f"{path} has no state for {k}")
+            _load_object(obj, own["local"][k], path, k)
+        try:
+            set_rng_state(own["rng"], self.rng, self.g)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"--resume: {path} has unusable random states ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
         self.start = self.last = int(st["iter"])
         self.total = int(st.get("total", self.total))
         self.history = json.loads(st["history"])

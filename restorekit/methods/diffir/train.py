@@ -372,10 +372,12 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
         ParamEMA,
         StepLoop,
         TrainingPairPool,
+        check_seed,
         check_training_output,
         load_images,
         load_pairs,
         out_of_memory_as_error,
+        overwrite_note,
         paired_random_crops,
         progressive_size,
         random_crops,
@@ -454,12 +456,13 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
         inputs["discriminator weights (--d-weights)"] = d_weights or o.get("d_weights")
     if o["lama"] is not None:
         inputs["ResNetPL weights"] = o.get("resnet_pl_weights")
-    check_training_output(output, data=[data, (o["val"] or {}).get("data")], inputs=inputs,
-                          also=[Path(output).with_name(Path(output).stem + "_net_d.pth")] if writes_d else [],
-                          state_dir=sdir if o["save_checkpoint_freq"] else None, name=out_name)
+    seed = check_seed(cfg.get("seed", 0), "seed")
+    also = [Path(output).with_name(Path(output).stem + "_net_d.pth")] if writes_d else []
+    check_training_output(output, data=[data, (o["val"] or {}).get("data")], inputs=inputs, also=also,
+                          state_dir=sdir if o["save_checkpoint_freq"] else None, name=out_name, resume=resume)
     # each process draws its own data (seeds seed + rank; rank 0 = a single-process run) and its own batch
     # (BasicSR's batch_size_per_gpu); stage 2's encoder phase leaves the DIRformer unused
-    loop = StepLoop(total, sdir, seed=int(cfg.get("seed", 0)), save_every=o["save_checkpoint_freq"],
+    loop = StepLoop(total, sdir, seed=seed, save_every=o["save_checkpoint_freq"],
                     mixed_precision=o["mixed_precision"], log=log, tag=f"diffir stage {st}",
                     find_unused_parameters=True, time_limit=time_limit, log_skip=("gt_size", "batch"))
     acc, rng, g = loop.acc, loop.rng, loop.g
@@ -559,6 +562,8 @@ def train_diffir(config: str | Path | dict, stage, data: str | None = None, outp
         state.update(net_d=bare_d, opt_d=opt_d)
     local = {"pool": pool} if pool is not None else {}  # each process fills its own pool
     loop.resume(resume, state, {"stage": st, "total": total, "task": task, "processes": loop.world}, local)
+    if loop.start == 0 and loop.is_main:
+        overwrite_note([output, *also], log)
 
     def save_net_d(it: int) -> None:  # as BasicSR, the discriminator beside each training state
         if net_d is not None and loop.is_main:

@@ -94,6 +94,82 @@ TRAIN_DEFAULTS = dict(steps=2000, batch_size=16, crop=64, lr=2e-4, ema_decay=0.9
                       t_power=1.0)
 
 
+_UNET_INTS = {"image_size": 1, "in_channels": 1, "model_channels": 1, "out_channels": 1, "num_res_blocks": 1,
+              "num_heads": 1, "norm_groups": 1}
+_UNET_BOOLS = ("use_scale_shift_norm", "resblock_updown", "use_new_attention_order", "conv_resample")
+
+
+def check_unet_config(cfg: GuidedUNetConfig, where: str = "unet config") -> GuidedUNetConfig:
+    """Refuse, with one :class:`ConfigError` line naming ``where`` and the key, a UNet config the network cannot
+    be built from (checked before any data is read or any training starts): positive whole channel counts,
+    ``channel_mult`` a list of positive numbers, every channel count divisible by ``norm_groups`` (GroupNorm) and,
+    at the attention levels, by ``num_head_channels``; ``attention_resolutions`` comma-separated positive whole
+    numbers. Then the network is built on the meta device (no memory, no compute) and any error it raises is a
+    :class:`ConfigError` too."""
+
+    def bad(key, msg):
+        return ConfigError(f"{where}: unet: {key} {msg}")
+
+    for key, lo in _UNET_INTS.items():
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise bad(key, f"must be a whole number >= {lo}, got {v!r}")
+    for key in ("num_head_channels", "num_heads_upsample"):
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, int) or not (v == -1 or v >= 1):
+            raise bad(key, f"must be -1 or a whole number >= 1, got {v!r}")
+    d = cfg.dropout
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+        raise bad("dropout", f"must be a number in [0, 1), got {d!r}")
+    for key in _UNET_BOOLS:
+        if not isinstance(getattr(cfg, key), bool):
+            raise bad(key, f"must be true or false, got {getattr(cfg, key)!r}")
+    cm = cfg.channel_mult
+    if cm:
+        if not isinstance(cm, (list, tuple)) or any(isinstance(m, bool) or not isinstance(m, (int, float))
+                                                    or not m > 0 or m != m or m == float("inf") for m in cm):
+            shown = "".join(cm) if isinstance(cm, tuple) and all(isinstance(m, str) and len(m) == 1 for m in cm) \
+                else cm
+            raise bad("channel_mult", f"must be a list of positive numbers (e.g. [1, 2, 2]), got {shown!r}")
+    try:
+        mult = cfg.resolved_channel_mult()
+    except ValueError as e:
+        raise bad("channel_mult", f"is needed: {e}") from None
+    ar = cfg.attention_resolutions
+    parts = [] if ar in (None, "") else str(ar).split(",")
+    if isinstance(ar, bool) or any(not p.strip().isdigit() or int(p) < 1 for p in parts):
+        raise bad("attention_resolutions", f"must be comma-separated positive whole numbers (e.g. \"16,8\"), "
+                                           f"got {ar!r}")
+    attn_ds = {cfg.image_size // int(p) for p in parts}
+    g, head_ch = cfg.norm_groups, cfg.num_head_channels
+    heads = {cfg.num_heads, cfg.num_heads if cfg.num_heads_upsample == -1 else cfg.num_heads_upsample}
+    for level, m in enumerate(mult):
+        ch = int(m * cfg.model_channels)
+        if ch < 1:
+            raise bad("channel_mult", f"{m} times model_channels {cfg.model_channels} gives {ch} channels")
+        if ch % g:
+            raise bad("norm_groups", f"{g} does not divide the {ch} channels of level {level} (model_channels "
+                                     f"{cfg.model_channels} x channel_mult {m}); GroupNorm needs channel counts "
+                                     f"divisible by norm_groups")
+        if 2 ** level in attn_ds or level == len(mult) - 1:  # the middle block always has attention
+            if head_ch != -1 and ch % head_ch:
+                raise bad("num_head_channels", f"{head_ch} does not divide the {ch} channels of the attention at "
+                                               f"level {level}")
+            for h in heads if head_ch == -1 else ():
+                if ch % h:
+                    raise bad("num_heads", f"{h} (num_heads / num_heads_upsample) does not divide the {ch} "
+                                           f"channels of the attention at level {level}")
+    from ...nets.guided_unet import GuidedUNet
+
+    try:
+        with torch.device("meta"):
+            GuidedUNet(cfg)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, AssertionError) as e:
+        raise ConfigError(f"{where}: the UNet cannot be built from unet: ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    return cfg
+
+
 def load_prior_config(path: str | Path) -> tuple[GuidedUNetConfig, dict]:
     """A prior training config: YAML with ``unet:`` (GuidedUNetConfig fields) and ``train:`` (TRAIN_DEFAULTS
     keys), or a JSON file holding only a GuidedUNetConfig. Unknown keys are an error."""
@@ -118,6 +194,7 @@ def load_prior_config(path: str | Path) -> tuple[GuidedUNetConfig, dict]:
             raise ValueError(f"unknown train keys {sorted(bad)}; allowed: {sorted(TRAIN_DEFAULTS)}")
     except (ValueError, TypeError, yaml.YAMLError) as e:
         raise ConfigError(f"bad prior config {p}: {e}") from None
+    check_unet_config(cfg, f"bad prior config {p}")
     return cfg, train
 
 
@@ -126,7 +203,8 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
                 log_every: int = 100, time_limit: float | None = None, init: str | Path | None = None,
                 log=print, mixed_precision: str = "no", time_budget: float | None = None, warmup: int = 200,
                 save_dtype: str = "fp32", save_every: int = 0, resume=None,
-                state_dir: str | Path | None = None, t_power: float = 1.0) -> dict:
+                state_dir: str | Path | None = None, t_power: float = 1.0,
+                config_file: str | Path | None = None) -> dict:
     """Train and save EMA weights as safetensors with the UNet config in its metadata.
 
     ``time_budget`` (seconds): after 50 steps the run measures its speed and shortens ``steps`` so that it ends
@@ -136,16 +214,17 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
     ``state_dir`` (default ``<output stem>_training_states``); ``resume``: an ``<iter>.state`` file, a folder of
     them or ``"auto"``. ``batch_size`` is per process. ``t_power``: timesteps drawn as ``floor(T * u**t_power)``
     with ``u`` uniform; 1 is DDPM's uniform draw, larger values train the low-noise end (which decides the PSNR of
-    a restoration) more often."""
-    from ...training import RandomStream, StepLoop, save_safetensors_atomic
+    a restoration) more often. ``config_file``: the config file ``config`` came from (an input: never the output).
+    A fresh run (no ``resume``) refuses a state folder that holds states of an earlier run."""
+    from ...training import RandomStream, StepLoop, check_seed, overwrite_note, save_safetensors_atomic
 
-    cfg = config or DEMO_UNET
+    cfg = check_unet_config(config or DEMO_UNET, f"bad prior config {config_file}" if config_file else "unet config")
     # every setting is checked before anything is read or trained (flags and config values alike)
     steps, batch_size, crop = (check_number(v, name, lo=1, integer=True)
                                for name, v in (("steps", steps), ("batch_size", batch_size), ("crop", crop)))
     lr = check_number(lr, "lr", lo=0, lo_open=True)
     ema_decay = check_number(ema_decay, "ema_decay", lo=0, hi=1)
-    seed = check_number(seed, "seed", integer=True)
+    seed = check_seed(seed, "seed")
     warmup = check_number(warmup, "warmup", lo=0, integer=True)
     save_every = check_number(save_every or 0, "save_every", lo=0, integer=True)
     log_every = check_number(log_every or 0, "log_every", lo=0, integer=True)
@@ -160,8 +239,9 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
     if save_dtype not in ("fp32", "fp16"):
         raise ConfigError("save_dtype must be fp32 or fp16")
     sdir = Path(state_dir) if state_dir else Path(output).with_name(Path(output).stem + "_training_states")
-    out = check_training_output(output, data=[data], inputs={"--init weights": init, "--resume state": resume},
-                                state_dir=sdir if save_every else None)
+    out = check_training_output(output, data=[data], inputs={"--init weights": init, "--resume state": resume,
+                                                             "training config": config_file},
+                                state_dir=sdir if save_every else None, resume=resume)
     imgs = load_images(data, crop, crop_name="crop")
     loop = StepLoop(int(steps), sdir, seed=seed,
                     save_every=save_every, mixed_precision=mixed_precision if torch.cuda.is_available() else "no",
@@ -196,6 +276,8 @@ def train_prior(data: str | Path, output: str | Path, steps: int = 2000, batch_s
         meta["t_power"] = float(t_power)
     local = {"noise": RandomStream(gd)} if on_device else None  # the device's own noise stream
     loop.resume(resume, state, meta, local)
+    if loop.start == 0 and loop.is_main:
+        overwrite_note([out], log)
     t0 = time.time()
 
     def step(it: int) -> dict:
@@ -247,4 +329,4 @@ def train_prior_from_config(config: str | Path, data: str | Path, output: str | 
     """``train_prior`` with the UNet and training options of a config file; ``overrides`` (not None) win."""
     cfg, train = load_prior_config(config)
     opts = {**TRAIN_DEFAULTS, **train, **{k: v for k, v in overrides.items() if v is not None}}
-    return train_prior(data, output, config=cfg, log=log, **opts)
+    return train_prior(data, output, config=cfg, log=log, config_file=config, **opts)
