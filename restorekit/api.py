@@ -10,12 +10,38 @@ from typing import ClassVar
 
 import torch
 
-from .errors import RestoreKitError, TaskError, check_api_number
+from .errors import ConfigError, RestoreKitError, TaskError, check_api_number
 from .limits import LIMITS, check_option
 from .files import batches_by_size
 from .io import from_tensor, to_tensor
 from .registry import get_card, get_method
 from .weights import ModelCard, resolve_card
+
+
+class OptionError(ConfigError, TypeError):
+    """An argument a method's ``from_pretrained`` does not take: a one-line :class:`ConfigError`, and a
+    ``TypeError`` as Python's own unexpected-keyword error (the CLI maps one for ``--precision``)."""
+
+
+#: how messages name each method
+METHOD_NAMES = {"diffpir": "DiffPIR", "diffir": "DiffIR", "diffbir": "DiffBIR", "classical": "classical"}
+
+
+def check_loader_options(cls_name: str, kwargs: dict) -> None:
+    """``kwargs`` left over by a method's ``_from_weights``: none, else an :class:`OptionError` naming them."""
+    if kwargs:
+        raise OptionError(f"unexpected options for {cls_name}.from_pretrained: {sorted(kwargs)}")
+
+
+def other_method_hint(path, meta: dict | None, this: str) -> str | None:
+    """When the restorekit metadata of the weights file ``path`` names a method other than ``this``: the sentence
+    saying which method the file belongs to and how to use it; else ``None``."""
+    other = (meta or {}).get("restorekit_method")
+    if not isinstance(other, str) or not other or other == this:
+        return None
+    name = METHOD_NAMES.get(other, other)
+    return (f"{path} is a {name} model (restorekit_method={other}), not a {METHOD_NAMES.get(this, this)} one; "
+            f"use --method {other} / method='{other}'")
 
 
 def default_device() -> torch.device:
@@ -96,12 +122,21 @@ def check_scale(scale, what: str = "scale") -> int:
     return check_option(scale, "scale", what, error=TaskError)
 
 
+def check_one_mask(operator, what: str = "there is 1 image") -> None:
+    """An operator carrying a batch of N > 1 masks (``mask`` shaped (N, C, H, W)) for one image is a
+    :class:`TaskError`, as a batch with another number of images is (:func:`per_image_operators`)."""
+    mask = getattr(operator, "mask", None)
+    if isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[0] > 1:
+        raise TaskError(f"the operator carries {mask.shape[0]} masks but {what}")
+
+
 def check_operator_fits(operator, hw) -> None:
     """An operator built for another image size is a :class:`TaskError`, not a shape error deep inside."""
     if operator is None:
         return
     if isinstance(operator, (list, tuple)):
         raise TaskError("pass one operator per image: a list of operators needs a list of images")
+    check_one_mask(operator)
     h, w = int(hw[0]), int(hw[1])
     mask = getattr(operator, "mask", None)
     if isinstance(mask, torch.Tensor) and tuple(mask.shape[-2:]) != (h, w):
@@ -197,6 +232,10 @@ class Restorer:
         resolve_device(device)  # an impossible device fails before any weights are read
         if name_or_path is None and cls is Restorer and method is None:
             method = "diffpir"  # the default method and its bundled default model
+        named = cls if cls is not Restorer else (get_method(method) if method is not None else None)
+        if named is not None and not getattr(named, "needs_weights", True) and name_or_path is not None:
+            # before the name is looked up: "x.pt not found" would hide that no file is wanted
+            raise RestoreKitError(f"method {named.name!r} takes no weights (got {name_or_path!r})")
         if name_or_path is not None and Path(name_or_path).exists():
             path = Path(name_or_path)
         elif name_or_path is not None:
@@ -289,6 +328,8 @@ class Restorer:
             if f is None:
                 p = inspect.signature(self.restore_tensor).parameters.get("scale")
                 f = None if p is None or p.default is inspect.Parameter.empty else p.default
+            if f is None:
+                f = getattr(self, "default_scale", None)
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 1 < f <= 1e4:
             return h, w  # no factor, or a bad one that the method refuses
         return int(h * f), int(w * f)
@@ -300,6 +341,7 @@ class Restorer:
         if isinstance(operator, (list, tuple)):
             raise TaskError("restore_folder takes one operator for every image (or a callable "
                             "operator(image_tensor) -> operator), not a list")
+        check_one_mask(operator, "restore_folder restores one image at a time with the same operator")
         make = getattr(self, "make_config", None)
         if make is not None:
             own = self._own_options()
@@ -353,6 +395,7 @@ class Restorer:
                         info.kind = "pil"
                     outs[k] = from_tensor(r, info)
             return torch.stack(outs) if batched_tensor else outs
+        check_one_mask(operator)  # N masks for one image: before the image is read
         x, info = to_tensor(image)
         check_image_size(self.name, *self.restored_size(task, operator, x.shape[-2:], options),
                          max_megapixels=max_megapixels)

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...api import Restorer, check_scale, check_seed
+from ...api import Restorer, check_loader_options, check_one_mask, check_scale, check_seed
 from ...errors import TaskError, check_api_number
 from ...limits import check_option
-from ...operators import BicubicDownsample, BlurDownsample, Inpainting, LinearOperator, psf2otf
+from ...operators import BicubicDownsample, Blur, BlurDownsample, Inpainting, LinearOperator, psf2otf
 from ...registry import register_method
 
 #: task -> algorithms (the first is the default)
@@ -47,11 +47,12 @@ class Classical(Restorer):
     tasks = ("sr", "deblur", "inpaint", "denoise")
     default_model = ""
     needs_weights = False
+    #: SR factor without an operator or ``scale``
+    default_scale = 4
 
     @classmethod
     def _from_weights(cls, path: Path | None, card=None, device=None, **kwargs):
-        if kwargs:
-            raise TypeError(f"unexpected options for Classical.from_pretrained: {sorted(kwargs)}")
+        check_loader_options("Classical", kwargs)
         return cls(device=device)
 
     def is_blind(self, config=None) -> bool:
@@ -59,6 +60,8 @@ class Classical(Restorer):
 
     def make_config(self, task: str, steps: int | None = None, **options) -> ClassicalConfig:
         self.check_task(task)
+        if steps is not None:  # unused (no iterations to count), but a bad value is refused as by the other methods
+            check_option(steps, "steps", error=TaskError)
         cfg = ClassicalConfig(algorithm=ALGORITHMS[task][0])
         names = {f.name for f in fields(ClassicalConfig)}
         ignored = {"lambda_", "zeta", "eta", "skip_type", "use_last_x0", "scale", "noise"}
@@ -80,18 +83,24 @@ class Classical(Restorer):
             raise TaskError(f"kernel_size must be an odd number >= 3, got {cfg.kernel_size}")
         return cfg
 
-    def check_options(self, task: str, operator=None, steps: int | None = None, scale: int = 4, **options) -> None:
+    def check_options(self, task: str, operator=None, steps: int | None = None, scale: int | None = None,
+                      **options) -> None:
         super().check_options(task, operator, steps, **options)
-        check_scale(scale)
-        if isinstance(operator, LinearOperator):  # not a callable that makes one per image
-            self._check_operator(task, self.make_config(task, steps, **options), operator)
+        scale = None if scale is None else check_scale(scale)
+        if operator is None or isinstance(operator, LinearOperator):  # not a callable that makes one per image
+            self._check_operator(task, self.make_config(task, steps, **options), operator, scale)
 
     @staticmethod
-    def _check_operator(task: str, cfg: ClassicalConfig, operator) -> None:
-        """The operator fits the task and algorithm (SR: none or an SR operator; wiener / tv: a Blur; inpainting: a
-        mask), else a :class:`TaskError`."""
-        if task == "sr" and operator is not None and not isinstance(operator, BlurDownsample):
-            raise TaskError("classical SR needs no operator, or an SR operator for its factor")
+    def _check_operator(task: str, cfg: ClassicalConfig, operator, scale: int | None = None) -> None:
+        """The operator fits the task and algorithm (SR: none or an SR operator, whose factor agrees with an explicit
+        ``scale``; wiener / tv: a Blur; inpainting: a mask), else a :class:`TaskError`."""
+        if task == "sr" and operator is not None and (not isinstance(operator, BlurDownsample)
+                                                      or isinstance(operator, Blur)):
+            raise TaskError(f"operator {type(operator).__name__} does not fit task 'sr': classical SR needs no "
+                            f"operator, or an SR operator for its factor (BicubicDownsample(sf))")
+        if task == "sr" and operator is not None and scale is not None and operator.sf != scale:
+            raise TaskError(f"scale={scale} contradicts the operator's factor x{operator.sf} "
+                            f"({type(operator).__name__}); leave scale out or make them agree")
         if task == "deblur" and cfg.algorithm != "blind_wiener" and (
                 not isinstance(operator, BlurDownsample) or isinstance(operator, BicubicDownsample)
                 or operator.sf != 1):
@@ -102,14 +111,16 @@ class Classical(Restorer):
 
     @torch.no_grad()
     def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
-                       seed: int | None = None, progress=None, scale: int = 4, **options) -> torch.Tensor:
+                       seed: int | None = None, progress=None, scale: int | None = None, **options) -> torch.Tensor:
+        """``scale``: the SR factor without an operator (default 4); with one, it must agree with its factor."""
         cfg = self.make_config(task, steps, **options)
-        scale = check_scale(scale)
+        scale = None if scale is None else check_scale(scale)
         check_seed(seed)  # no randomness here, but a bad seed is refused as by the other methods
-        self._check_operator(task, cfg, operator)
+        check_one_mask(operator)
+        self._check_operator(task, cfg, operator, scale)
         y = y.detach().to("cpu", torch.float64)
         if task == "sr":
-            sf = operator.sf if operator is not None else scale
+            sf = operator.sf if operator is not None else (self.default_scale if scale is None else scale)
             out = upscale(y, sf, cfg.algorithm)
         elif task == "deblur" and cfg.algorithm == "blind_wiener":
             from .blind import blind_wiener

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ...api import Restorer, resolve_dtype
+from ...api import Restorer, check_loader_options, check_one_mask, other_method_hint, resolve_dtype
 from ...errors import TaskError, WeightsError, check_flag
 from ...limits import check_option
 from ...io import pad_to_multiple
@@ -57,11 +57,23 @@ def _shapes(cfg: DiffIRConfig) -> dict:
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 
-def infer_config(sd: dict, meta: dict | None = None) -> tuple[str, DiffIRConfig]:
+def _is_diffpir_prior(sd: dict) -> bool:
+    """Whether ``sd`` has the layout of an official DiffPIR prior (to name such a file given to DiffIR)."""
+    try:
+        from ..diffpir.restorer import PRESETS as UNET_PRESETS, _shapes as unet_shapes
+
+        got = {k: tuple(v.shape) for k, v in sd.items()}
+        return any(unet_shapes(cfg) == got for cfg in UNET_PRESETS.values())
+    except Exception:
+        return False
+
+
+def infer_config(sd: dict, meta: dict | None = None, path=None) -> tuple[str, DiffIRConfig]:
     """(preset name, config) of a stage-2 checkpoint: metadata first, else by tensor shapes.
 
     RealSR x4 and SRGAN x4 share one layout; x2/x1 are told apart by the
-    first conv's input channels.
+    first conv's input channels. Otherwise a :class:`WeightsError` naming ``path`` and, where its metadata or
+    layout tells, the method it belongs to.
     """
     if meta and "diffir_config" in meta:
         return meta.get("name", "custom"), DiffIRConfig.from_dict(json.loads(meta["diffir_config"]))
@@ -69,9 +81,17 @@ def infer_config(sd: dict, meta: dict | None = None) -> tuple[str, DiffIRConfig]
     for name in ("realsr_x4", "realsr_x2", "realsr_x1", "gopro", "inpaint_place2"):
         if _shapes(PRESETS[name]) == got:
             return name, PRESETS[name]
-    raise WeightsError("cannot tell which DiffIR model this checkpoint is: its tensors match none of the official "
+    what = str(path) if path is not None else "this checkpoint"
+    hint = other_method_hint(what, meta, "diffir")
+    if hint is None and _is_diffpir_prior(sd):
+        hint = (f"{what} is a DiffPIR prior (an official guided-diffusion UNet), not a DiffIR model; "
+                f"use --method diffpir / method='diffpir'")
+    if hint is not None:
+        raise WeightsError(hint)
+    raise WeightsError(f"cannot tell which DiffIR model {what} is: its tensors match none of the official "
                        "stage-2 layouts (RealSR/SRGAN x4, x2, x1, GoPro, inpainting) and it has no restorekit "
-                       "metadata; pass config={...} (a DiffIRConfig) to from_pretrained")
+                       "metadata (diffir_config); from Python pass config={...} (a DiffIRConfig) to from_pretrained "
+                       "(the CLI has no flag for it)")
 
 
 @dataclass
@@ -114,8 +134,7 @@ class DiffIR(Restorer):
         """``torch_dtype`` (float16 / bfloat16, or "fp16" / "bf16") runs the network in that precision; inputs and
         outputs stay float32."""
         torch_dtype = kwargs.pop("precision", torch_dtype)
-        if kwargs:
-            raise TypeError(f"unexpected options for DiffIR.from_pretrained: {sorted(kwargs)}")
+        check_loader_options("DiffIR", kwargs)
         sd, meta = load_state_dict(path)
         sd = convert_checkpoint(sd)
         if config is not None:
@@ -124,7 +143,7 @@ class DiffIR(Restorer):
             name = card.options["preset"]
             cfg = PRESETS[name]
         else:
-            name, cfg = infer_config(sd, meta)
+            name, cfg = infer_config(sd, meta, path)
         net = DiffIRS2(cfg)
         load_strict(net, {k: v.float() for k, v in sd.items()}, str(path))
         return cls(net, device=device, preset=name, torch_dtype=torch_dtype)
@@ -158,6 +177,38 @@ class DiffIR(Restorer):
             raise TaskError(f"this DiffIR checkpoint ({self.preset}) is a {self.tasks[0]} model; it cannot do "
                             f"{task!r} - load a {task} checkpoint")
 
+    def _check_public_operator(self, task: str, operator) -> None:
+        """What :meth:`restore` / :meth:`check_options` take as ``operator``: the mask for inpainting; nothing for
+        blind SR and deblurring, which estimate the degradation and would ignore it. (:meth:`restore_tensor` /
+        :meth:`restore_batch` still take, and ignore, the synthetic operator of ``restorekit run --degrade``.)"""
+        ops = list(operator) if isinstance(operator, (list, tuple)) else [operator]
+        if task == "inpaint":
+            for op in ops:
+                if op is not None and not isinstance(op, Inpainting):
+                    raise TaskError(f"operator {type(op).__name__} does not fit task 'inpaint': DiffIR inpainting "
+                                    f"needs the mask: operator=Inpainting(mask) (1 = known pixel)")
+            return
+        given = next((op for op in ops if op is not None), None)
+        if given is not None:
+            what = (f"its factor is the model's, x{self.config.scale}" if task == "sr"
+                    else "it estimates the blur itself")
+            raise TaskError(f"DiffIR {'super-resolution' if task == 'sr' else 'deblurring'} is blind and would "
+                            f"ignore operator={type(given).__name__}(...) ({what}); leave operator out")
+
+    def restore(self, image, task: str | None = None, operator=None, *args, **kwargs):
+        t = task or (self.tasks[0] if len(self.tasks) == 1 else None)
+        if t in DiffIR.tasks:
+            self._check_public_operator(t, operator)
+        return super().restore(image, task, operator, *args, **kwargs)
+
+    def check_options(self, task: str, operator=None, steps: int | None = None, **options) -> None:
+        super().check_options(task, operator, steps, **options)
+        if callable(operator) and not hasattr(operator, "forward"):
+            return  # made per image
+        self._check_public_operator(task, operator)
+        if task == "inpaint" and operator is None:
+            raise TaskError("DiffIR inpainting needs the mask: operator=Inpainting(mask) (1 = known pixel)")
+
     def _prepare(self, y: torch.Tensor, task: str, operator):
         """(network input, missing-pixel map or None) of one observation, as upstream pads it."""
         h, w = y.shape[-2:]
@@ -174,6 +225,7 @@ class DiffIR(Restorer):
     @torch.no_grad()
     def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
                        seed: int | None = None, progress=None, **options) -> torch.Tensor:
+        check_one_mask(operator)
         return self.restore_batch([y], [operator], [seed], task=task, steps=steps, progress=progress, **options)[0]
 
     @torch.no_grad()

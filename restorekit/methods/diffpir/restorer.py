@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ...api import Restorer, check_scale, check_seed, resolve_dtype
+from ...api import (Restorer, check_loader_options, check_one_mask, check_scale, check_seed, other_method_hint,
+                   resolve_dtype)
 from ...diffusion import LinearSchedule
 from ...errors import TaskError, WeightsError, check_api_number, check_flag
 from ...limits import check_option
 from ...nets.guided_unet import FFHQ_10M, IMAGENET_256_UNCOND, GuidedUNet, GuidedUNetConfig
-from ...operators import BicubicDownsample, BlurDownsample, Inpainting, LinearOperator
+from ...operators import BicubicDownsample, Blur, BlurDownsample, Inpainting, LinearOperator
 from ...registry import register_method
 from ...weights import ModelCard, load_state_dict, load_strict
 from .sampler import TASK_DEFAULTS, DiffPIRConfig, GuidedDiffusionModel, diffpir_sample
@@ -26,17 +27,36 @@ def _shapes(cfg: GuidedUNetConfig) -> dict:
         return {k: tuple(v.shape) for k, v in GuidedUNet(cfg).state_dict().items()}
 
 
-def infer_unet_config(state_dict: dict, meta: dict | None = None) -> GuidedUNetConfig:
-    """UNet config of a checkpoint: from restorekit metadata, else by matching the official presets."""
+def _diffir_layout(state_dict: dict) -> str | None:
+    """The official DiffIR preset whose stage-2 layout ``state_dict`` has, if any (to name a DiffIR file)."""
+    try:
+        from ..diffir.restorer import convert_checkpoint, infer_config
+
+        return infer_config(convert_checkpoint(state_dict))[0]
+    except Exception:  # not a DiffIR layout either
+        return None
+
+
+def infer_unet_config(state_dict: dict, meta: dict | None = None, path=None) -> GuidedUNetConfig:
+    """UNet config of a checkpoint: from restorekit metadata, else by matching the official presets; otherwise a
+    :class:`WeightsError` naming ``path`` and, where its metadata or layout tells, the method it belongs to."""
     if meta and "unet_config" in meta:
         return GuidedUNetConfig.from_dict(json.loads(meta["unet_config"]))
     got = {k: tuple(v.shape) for k, v in state_dict.items()}
     for cfg in PRESETS.values():
         if _shapes(cfg) == got:
             return cfg
-    raise WeightsError("cannot tell the UNet configuration of this checkpoint: it matches neither "
-                       "diffusion_ffhq_10m.pt nor 256x256_diffusion_uncond.pt and carries no restorekit "
-                       "metadata; pass unet_config={...} to from_pretrained")
+    what = str(path) if path is not None else "this checkpoint"
+    hint = other_method_hint(what, meta, "diffpir")
+    if hint is None and (preset := _diffir_layout(state_dict)) is not None:
+        hint = (f"{what} is a DiffIR model (the official {preset} layout), not a DiffPIR prior; "
+                f"use --method diffir / method='diffir'")
+    if hint is not None:
+        raise WeightsError(hint)
+    raise WeightsError(f"{what} is not a DiffPIR checkpoint of a known layout: its tensors match neither "
+                       "diffusion_ffhq_10m.pt nor 256x256_diffusion_uncond.pt and it carries no restorekit "
+                       "metadata (unet_config); from Python pass unet_config={...} to from_pretrained (the CLI has "
+                       "no flag for it)")
 
 
 @register_method
@@ -46,6 +66,8 @@ class DiffPIR(Restorer):
     name = "diffpir"
     tasks = ("deblur", "sr", "inpaint")
     default_model = "diffpir-demo"
+    #: SR factor without an operator or ``scale``
+    default_scale = 4
 
     def __init__(self, unet: GuidedUNet, device=None, schedule: LinearSchedule | None = None, torch_dtype=None,
                  model_defaults: dict | None = None):
@@ -63,15 +85,14 @@ class DiffPIR(Restorer):
                       **kwargs):
         """``torch_dtype`` (float16 / bfloat16, or "fp16" / "bf16") runs the UNet in that precision;
         the sampler and the data step stay in float32 / float64."""
-        if kwargs:
-            raise TypeError(f"unexpected options for DiffPIR.from_pretrained: {sorted(kwargs)}")
+        check_loader_options("DiffPIR", kwargs)
         sd, meta = load_state_dict(path)
         if unet_config is not None:
             cfg = unet_config if isinstance(unet_config, GuidedUNetConfig) else GuidedUNetConfig.from_dict(unet_config)
         elif card is not None and card.options.get("unet") in PRESETS:
             cfg = PRESETS[card.options["unet"]]
         else:
-            cfg = infer_unet_config(sd, meta)
+            cfg = infer_unet_config(sd, meta, path)
         unet = GuidedUNet(cfg)
         load_strict(unet, {k: v.float() for k, v in sd.items()}, str(path))
         return cls(unet, device=device, torch_dtype=torch_dtype,
@@ -140,23 +161,33 @@ class DiffPIR(Restorer):
         for name in self._FLAGS:
             setattr(cfg, name, check_flag(getattr(cfg, name), name, error=TaskError))
 
-    def _check_operator(self, task: str, operator, scale: int) -> LinearOperator:
+    def _check_operator(self, task: str, operator, scale: int | None) -> LinearOperator:
+        """The operator of ``task`` (SR without one: bicubic x``scale``), else a :class:`TaskError`: the wrong
+        kind, or an SR operator whose factor contradicts an explicit ``scale``."""
         if operator is None:
             if task == "sr":
-                return BicubicDownsample(scale)
+                return BicubicDownsample(self.default_scale if scale is None else scale)
             what = "a blur kernel: operator=Blur(kernel)" if task == "deblur" else "a mask: operator=Inpainting(mask)"
             raise TaskError(f"DiffPIR is non-blind; task {task!r} needs {what}")
+        # SR: blur + decimation (BicubicDownsample, BlurDownsample / classical_operator, also with sf 1 for --scale
+        # 1), not a deblurring operator (Blur), whose result would not be upscaled
         ok = {"deblur": isinstance(operator, BlurDownsample) and operator.sf == 1,
-              "sr": isinstance(operator, BlurDownsample),
+              "sr": isinstance(operator, BlurDownsample) and not isinstance(operator, Blur),
               "inpaint": isinstance(operator, Inpainting)}[task]
         if not ok:
-            raise TaskError(f"operator {type(operator).__name__} does not fit task {task!r}")
+            fits = {"deblur": "Blur(kernel)", "sr": "BicubicDownsample(sf) or BlurDownsample(kernel, sf)",
+                    "inpaint": "Inpainting(mask)"}[task]
+            raise TaskError(f"operator {type(operator).__name__} does not fit task {task!r} (it takes {fits})")
+        if task == "sr" and scale is not None and operator.sf != scale:
+            raise TaskError(f"scale={scale} contradicts the operator's factor x{operator.sf} "
+                            f"({type(operator).__name__}); leave scale out or make them agree")
         return operator
 
-    def check_options(self, task: str, operator=None, steps: int | None = None, scale: int = 4, **options) -> None:
+    def check_options(self, task: str, operator=None, steps: int | None = None, scale: int | None = None,
+                      **options) -> None:
         super().check_options(task, operator, steps, **options)
-        scale = check_scale(scale)
-        if isinstance(operator, LinearOperator):  # not a callable that makes one per image
+        scale = None if scale is None else check_scale(scale)
+        if operator is None or isinstance(operator, LinearOperator):  # not a callable that makes one per image
             self._check_operator(task, operator, scale)
 
     def _x_init(self, y: torch.Tensor, op, task: str, cfg: DiffPIRConfig) -> torch.Tensor:
@@ -196,10 +227,12 @@ class DiffPIR(Restorer):
 
     @torch.no_grad()
     def restore_tensor(self, y: torch.Tensor, task: str, operator=None, steps: int | None = None,
-                       seed: int | None = None, progress=None, scale: int = 4, **options) -> torch.Tensor:
+                       seed: int | None = None, progress=None, scale: int | None = None, **options) -> torch.Tensor:
+        """``scale``: the SR factor without an operator (default 4); with one, it must agree with its factor."""
         self.check_task(task)
         cfg = self.make_config(task, steps, **options)
-        op = self._check_operator(task, operator, check_scale(scale))
+        check_one_mask(operator)
+        op = self._check_operator(task, operator, None if scale is None else check_scale(scale))
         seed = check_seed(seed)
         y = y.to(self.device, torch.float32)
         x_init = self._x_init(y, op, task, cfg)
@@ -210,7 +243,7 @@ class DiffPIR(Restorer):
 
     @torch.no_grad()
     def restore_batch(self, ys, ops=None, seeds=None, *, task: str, steps: int | None = None, progress=None,
-                      scale: int = 4, **options) -> list[torch.Tensor]:
+                      scale: int | None = None, **options) -> list[torch.Tensor]:
         """Restore the (1, C, h, w) observations ``ys`` with one UNet call per step for each group of
         same-size images; ``ops[k]`` / ``seeds[k]`` are image k's operator and seed (``None``: seed 0). Each
         result equals ``restore_tensor(ys[k], task, ops[k], seed=seeds[k], ...)`` up to the network's
@@ -220,7 +253,7 @@ class DiffPIR(Restorer):
         self.check_task(task)
         cfg = self.make_config(task, steps, **options)
         n = len(ys)
-        scale = check_scale(scale)
+        scale = None if scale is None else check_scale(scale)
         ops = [self._check_operator(task, op, scale) for op in per_image_operators(ops, n)]
         ys, plan = same_size_groups(ys, seeds, device=self.device, default_seed=0,
                                     key=lambda k: (tuple(ys[k].shape), ops[k].input_size(*ys[k].shape[-2:])))
