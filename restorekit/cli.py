@@ -543,7 +543,7 @@ def _finish_one(args, restorer, cfg, prep: dict, result: torch.Tensor) -> dict:
         result = result[..., : orig_hw[0], : orig_hw[1]]
     if not bool(torch.isfinite(result).all()):
         raise RestoreKitError(f"{method} produced non-finite values for {job.input} (nothing written); "
-                              f"check the options")
+                              f"check the options and the weights")
     if prep["degraded_save"]:
         save_image(*prep["degraded_save"])
         print(f"degraded input written to {prep['degraded_save'][0]}", file=sys.stderr)

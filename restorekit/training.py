@@ -419,18 +419,10 @@ def load_training_state(path: str | Path, keys=_STATE_KEYS) -> dict:
     try:
         st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises IndexError, EOFError, RuntimeError, UnpicklingError, ... on bad bytes
-        from .errors import first_line
-        from .weights import _diagnose
+        from .weights import explain_load_failure
 
-        try:
-            why = _diagnose(path)
-        except Exception:
-            why = "the file is corrupt, truncated or not a training state"
-        detail = first_line(e, 160, "")
-        if "Weights only load failed" in detail or "failed finding central directory" in detail:
-            detail = ""
-        raise ConfigError(f"--resume: cannot load the training state {path}: {why}"
-                          + (f" [{type(e).__name__}: {detail}]" if detail else "")) from None
+        raise ConfigError(f"--resume: cannot load the training state {path}: "
+                          f"{explain_load_failure(path, e, 'a training state')}") from None
     missing = [k for k in keys if not isinstance(st, dict) or k not in st]
     if missing:
         what = f"a {type(st).__name__}" if not isinstance(st, dict) else f"no {', '.join(missing)}"

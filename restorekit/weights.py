@@ -297,6 +297,19 @@ def _diagnose(p: Path) -> str:
             "safetensors file)")
 
 
+def explain_load_failure(p: Path, e: BaseException, what: str = "a checkpoint") -> str:
+    """Why loading ``p`` raised ``e``, in one line: :func:`_diagnose`'s reading of the file's bytes, then torch's
+    own first line in brackets (except its advice to retry with ``weights_only=False``, which does not apply)."""
+    try:
+        why = _diagnose(p)
+    except Exception:  # noqa: BLE001
+        why = f"the file is corrupt, truncated or not {what}"
+    detail = first_line(e, 160, "")
+    if "Weights only load failed" in detail or "failed finding central directory" in detail:
+        detail = ""
+    return why + (f" [{type(e).__name__}: {detail}]" if detail else "")
+
+
 def _torch_load_safe(p: Path) -> tuple[object, list[str]]:
     """``torch.load(weights_only=True)``; objects of classes outside torch's allow-list (OmegaConf configs,
     Lightning callback states, ...) load as inert :class:`SkippedObject` placeholders. Returns (object,
@@ -371,15 +384,7 @@ def load_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
     except WeightsError:
         raise
     except Exception as e:
-        try:
-            why = _diagnose(p)
-        except Exception:
-            why = "the file is corrupt, truncated or not a checkpoint"
-        detail = first_line(e, 160, "")
-        if "Weights only load failed" in detail or "failed finding central directory" in detail:
-            detail = ""  # torch's advice to retry with weights_only=False does not apply
-        raise WeightsError(f"cannot load weights from {p}: {why}"
-                           + (f" [{type(e).__name__}: {detail}]" if detail else "")) from None
+        raise WeightsError(f"cannot load weights from {p}: {explain_load_failure(p, e)}") from None
     if not isinstance(sd, dict):
         raise WeightsError(f"{p} does not contain a state dict of tensors (it holds a {type(sd).__name__})")
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]

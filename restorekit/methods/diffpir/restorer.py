@@ -213,7 +213,8 @@ class DiffPIR(Restorer):
             raise TaskError(str(e)) from None
         if not bool(torch.isfinite(out).all()):
             raise TaskError("DiffPIR produced non-finite values (nan or inf); check the options (lambda_, zeta, eta, "
-                            "noise_level, guidance_scale) and the operator")
+                            "noise_level, guidance_scale), the operator and the weights (a damaged file with nan "
+                            "values gives this too)")
         return out.clamp(0, 1)
 
     def _net(self):
