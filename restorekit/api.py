@@ -307,6 +307,27 @@ class Restorer:
         ``blind`` flag (DiffIR, DiffBIR), or what a method's options choose (classical ``blind_wiener``)."""
         return bool(getattr(type(self), "blind", False))
 
+    def check_operator_used(self, task: str, operator, options: dict) -> None:
+        """A :class:`TaskError` when this method would ignore ``operator`` for ``task``: a blind method estimates
+        the degradation from the image (DiffBIR; DiffIR's sr / deblur, which say so in their own words; classical
+        ``blind_wiener``). Inpainting always uses its mask. :meth:`restore` and :meth:`restore_folder` call it; the
+        front ends' ``restore_tensor`` calls still pass, and ignore, the operator of a synthetic degradation."""
+        ops = list(operator) if isinstance(operator, (list, tuple)) else [operator]
+        if task == "inpaint" or all(op is None for op in ops):
+            return
+        blind = bool(getattr(type(self), "blind", False))
+        make = getattr(self, "make_config", None)
+        if not blind and task == "deblur" and make is not None:
+            own = self._own_options()
+            try:
+                blind = self.is_blind(make(task, None, **{k: v for k, v in options.items() if k not in own}))
+            except RestoreKitError:
+                return  # a bad option: the restore call reports it
+        if blind:
+            op = next(op for op in ops if op is not None)
+            raise TaskError(f"{self.name} {task} is blind: it estimates the degradation from the image and would "
+                            f"ignore operator={type(op).__name__}(...); leave operator out")
+
     def check_task(self, task: str) -> None:
         if task not in self.tasks:
             raise TaskError(f"method {self.name!r} does not do task {task!r}; it does: {', '.join(self.tasks)}")
@@ -342,6 +363,7 @@ class Restorer:
             raise TaskError("restore_folder takes one operator for every image (or a callable "
                             "operator(image_tensor) -> operator), not a list")
         check_one_mask(operator, "restore_folder restores one image at a time with the same operator")
+        self.check_operator_used(task, operator, options)
         make = getattr(self, "make_config", None)
         if make is not None:
             own = self._own_options()
@@ -362,6 +384,7 @@ class Restorer:
         if task is None:
             raise TaskError(f"pass task=...; method {self.name!r} does: {', '.join(self.tasks)}")
         self.check_task(task)
+        self.check_operator_used(task, operator, options)
         seed = check_seed(seed)
         if max_megapixels is not None:
             max_megapixels = check_option(max_megapixels, "max_megapixels")

@@ -12,6 +12,8 @@ from restorekit import Restorer
 from restorekit.errors import ConfigError, ImageReadError, RestoreKitError, TaskError, WeightsError
 from restorekit.operators import BicubicDownsample, Blur, BlurDownsample, Inpainting, gaussian_kernel
 
+from .test_diffbir_pipeline import light  # noqa: F401  (the tiny DiffBIR models' fixture)
+
 DATA = Path(__file__).resolve().parents[1] / "restorekit" / "data"
 
 
@@ -202,3 +204,30 @@ def test_cli_names_the_other_methods_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a DiffIR model" in err[0] and "--method diffir" in err[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_classical_blind_wiener_refuses_an_operator_it_would_ignore(classical, y, tmp_path):
+    op = Blur(gaussian_kernel(5, 1.0))
+    with pytest.raises(TaskError) as e:
+        classical.restore(y, task="deblur", operator=op, algorithm="blind_wiener")
+    assert one_line(e).startswith("classical deblur is blind: it estimates the degradation from the image "
+                                        "and would ignore operator=Blur(...)")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray((y * 255).astype(np.uint8)).save(folder / "a.png")
+    with pytest.raises(TaskError, match="is blind"):
+        classical.restore_folder(folder, tmp_path / "out", task="deblur", operator=op, algorithm="blind_wiener")
+    assert not (tmp_path / "out").exists()
+    # without an operator it runs; the non-blind algorithms still take theirs
+    assert classical.restore(y, task="deblur", algorithm="blind_wiener", kernel_size=5).shape == y.shape
+    assert classical.restore(y, task="deblur", operator=op).shape == y.shape
+
+
+def test_diffbir_restore_refuses_an_operator(light):  # noqa: F811  (light: test_diffbir_pipeline's tiny models)
+    from .test_diffbir_pipeline import _restorer
+
+    r = _restorer(light, version="v2.1")
+    y = torch.rand(1, 3, 16, 16)
+    with pytest.raises(TaskError, match="diffbir sr is blind: it estimates the degradation from the image and would "
+                                        "ignore operator=BicubicDownsample"):
+        r.restore(y, task="sr", operator=BicubicDownsample(4), steps=1)
