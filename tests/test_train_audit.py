@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from restorekit.cli import main
+from restorekit.errors import ConfigError
 
 from .conftest import TINY
 from .test_train_hostile import _diffir_cfg, _png, _refused
@@ -225,3 +226,14 @@ def test_stage_without_method_asks_what_to_train(capsys, w):
     msg = _refused(capsys, ["train", "--stage", "1", "--config", str(w / "ir.yaml"), "--data", str(w / "data")], w)
     assert "say what to train" in msg, msg
 
+
+
+@pytest.mark.parametrize("seed,needle", [(-1, "train.seed must be >= 0, got -1"),
+                                         (2 ** 64, "train.seed must be at most 2**63 - 1")])
+def test_diffbir_bad_seed_is_one_line_naming_it(seed, needle):
+    from restorekit.methods.diffbir.train import train_stage1
+
+    cfg = {"train": {"seed": seed}, "model": {"swinir": {}}}
+    with pytest.raises(ConfigError) as e:
+        train_stage1(cfg, data="unused", output="unused")
+    assert needle in str(e.value) and "\n" not in str(e.value)

@@ -438,7 +438,10 @@ def _val_pairs(cfg: dict, val_data, seed: int = 231, limit: int = 16):
 
 
 def _train_opts(cfg: dict, steps, output):
+    from ...training import check_seed
+
     tr = dict(cfg.get("train") or {})
+    tr["seed"] = check_seed(tr.get("seed", 231), "train.seed")  # before torch.manual_seed sees it
     total = int(steps if steps is not None else tr.get("train_steps", 1000))
     exp = Path(output or tr.get("exp_dir") or "diffbir_train")
     return tr, total, exp
