@@ -438,14 +438,14 @@ def cmd_run(args) -> int:
                 if single:
                     raise
                 failures.append((j.input, one_line(e)))
-                tqdm.write(f"error: {j.input}: {one_line(e)}", file=sys.stderr)
+                tqdm.write(_folder_error(j.input, e), file=sys.stderr)
             bar.update(1)
     else:
         from .files import batches_by_size, image_size
 
         def on_error(job, e):
             failures.append((job.input, one_line(e)))
-            tqdm.write(f"error: {job.input}: {one_line(e)}", file=sys.stderr)
+            tqdm.write(_folder_error(job.input, e), file=sys.stderr)
 
         for chunk in batches_by_size(todo, batch_size, lambda j: image_size(j.input)):
             summaries.extend(_restore_batch(args, restorer, cfg, extra, chunk, degraded, args.verbose, on_error))
@@ -462,6 +462,12 @@ def cmd_run(args) -> int:
     if not single:
         print(f"{len(todo)} images restored into {args.output}", file=sys.stderr)
     return 0
+
+
+def _folder_error(path, e) -> str:
+    """The line of one failed image of a folder run: its path, then the error (which may name the path already)."""
+    msg = one_line(e)
+    return f"error: {msg}" if str(path) in msg else f"error: {path}: {msg}"
 
 
 def _classical_baseline(task, y, op, noise, reference, orig_hw):

@@ -416,8 +416,11 @@ def load_training_state(path: str | Path, keys=_STATE_KEYS) -> dict:
     naming the file when it is empty, truncated, corrupt or not a restorekit training state (``keys``: what it
     must hold)."""
     path = Path(path)
+    from .weights import quiet_torch_load
+
     try:
-        st = torch.load(path, map_location="cpu", weights_only=True)
+        with quiet_torch_load():
+            st = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises IndexError, EOFError, RuntimeError, UnpicklingError, ... on bad bytes
         from .weights import explain_load_failure
 

@@ -12,6 +12,7 @@ would come from and where to put it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -297,6 +298,15 @@ def _diagnose(p: Path) -> str:
             "safetensors file)")
 
 
+@contextlib.contextmanager
+def quiet_torch_load():
+    """``torch.load`` without its 'Detected pickle protocol N' warning, which it gives before failing on a plain
+    pickle: the one-line error that follows says what the file is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
+
+
 def explain_load_failure(p: Path, e: BaseException, what: str = "a checkpoint") -> str:
     """Why loading ``p`` raised ``e``, in one line: :func:`_diagnose`'s reading of the file's bytes, then torch's
     own first line in brackets (except its advice to retry with ``weights_only=False``, which does not apply)."""
@@ -325,9 +335,7 @@ def _torch_load_safe(p: Path) -> tuple[object, list[str]]:
         except Exception:
             names = []
     for _ in range(64):
-        with torch.serialization.safe_globals([(_placeholder(n), n) for n in names]), warnings.catch_warnings():
-            # torch warns about a pickle protocol it does not expect before it fails; the error says it in one line
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        with torch.serialization.safe_globals([(_placeholder(n), n) for n in names]), quiet_torch_load():
             try:
                 return torch.load(str(p), map_location="cpu", weights_only=True), \
                     [n for n in names if n not in _HARMLESS_BUILTINS]

@@ -190,3 +190,35 @@ def test_plain_pickle_weights_are_named_as_such_without_torch_warnings(tmp_path)
     g.write_bytes(g.read_bytes()[:40])
     with pytest.raises(WeightsError, match="truncated or corrupt"):
         load_state_dict(g)
+
+
+def test_folder_errors_name_the_file_once(tmp_path, capfd):
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(_gradient()).save(d / "good.png")
+    Image.fromarray(_gradient()[..., 0].astype(np.float32), mode="F").save(d / "f255.tif")  # 0..255 floats
+    (d / "bad.png").write_bytes(b"not an image")
+    rc, _, err = _run(["--method", "classical", "--task", "sr", "--scale", "2", "--input", d, "--output",
+                       tmp_path / "o"], capfd)
+    assert rc == 2
+    lines = [x for x in err.splitlines() if str(d) in x]
+    assert len(lines) == 2, lines
+    for name in ("bad.png", "f255.tif"):  # was "error: in/f255.tif: image in/f255.tif: ..."
+        line = next(x for x in lines if name in x)
+        assert line.startswith(("error: cannot read image ", "error: image ")) and f"{name}: image " not in line
+
+
+def test_plain_pickle_resume_file_is_one_line_without_torch_warnings(tmp_path):
+    import pickle
+
+    from restorekit.errors import ConfigError
+    from restorekit.training import load_training_state
+
+    f = tmp_path / "raw.state"
+    with open(f, "wb") as fh:
+        pickle.dump({"iter": 1}, fh, protocol=4)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ConfigError, match="it is a plain pickle"):
+            load_training_state(f)
+    assert not [w for w in seen if "pickle protocol" in str(w.message)]
