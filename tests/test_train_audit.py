@@ -71,7 +71,7 @@ def test_prior_refuses_its_config_as_output(capsys, w, no_data_reads):
 # ---------------------------------------------------------------------------- 2. seeds and UNet configs
 
 @pytest.mark.parametrize("unet,train,extra,needles", [
-    ({}, {"seed": -1}, [], ["seed must be >= 0, got -1"]),
+    ({}, {"seed": -1}, [], ["bad prior config", "train: seed must be >= 0, got -1"]),
     ({}, {}, ["--seed", "-5"], ["seed must be >= 0, got -5"]),
     ({}, {"seed": 2 ** 64}, [], ["seed must be at most"]),
     ({"model_channels": 0}, {}, [], ["model_channels", "must be a whole number >= 1, got 0"]),

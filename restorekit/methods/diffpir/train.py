@@ -195,6 +195,10 @@ def load_prior_config(path: str | Path) -> tuple[GuidedUNetConfig, dict]:
     except (ValueError, TypeError, yaml.YAMLError) as e:
         raise ConfigError(f"bad prior config {p}: {e}") from None
     check_unet_config(cfg, f"bad prior config {p}")
+    if "seed" in train:  # named with its file here; train_prior checks every other value (flags may override)
+        from ...training import check_seed
+
+        check_seed(train["seed"], f"bad prior config {p}: train: seed")
     return cfg, train
 
 
