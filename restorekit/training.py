@@ -87,8 +87,8 @@ def check_no_earlier_states(state_dir, resume) -> None:
     last = latest_state(state_dir)
     if last is not None:
         raise ConfigError(f"the training-state folder {state_dir} already holds states of an earlier run (latest: "
-                          f"{last.name}); continue that run with --resume auto, or start over: delete {state_dir} "
-                          f"or give another --output / --state-dir")
+                          f"{last.name}); continue that run (with its options, --steps included) with --resume "
+                          f"auto, or start over: delete {state_dir} or give another --output / --state-dir")
 
 
 def overwrite_note(paths, log) -> None:
