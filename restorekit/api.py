@@ -117,9 +117,19 @@ def check_seed(seed, what: str = "seed") -> int | None:
     return check_option(seed, "seed", what)
 
 
-def check_scale(scale, what: str = "scale") -> int:
-    """An SR factor for methods with whole factors (DiffPIR, classical): an int in [1, MAX_SCALE], as --scale."""
+def check_scale(scale, what: str = "scale") -> int | None:
+    """An SR factor for methods with whole factors (DiffPIR, classical): an int in [1, MAX_SCALE], as --scale;
+    ``None`` (not given: the operator's factor, else the method's default) left alone."""
+    if scale is None:
+        return None
     return check_option(scale, "scale", what, error=TaskError)
+
+
+def check_operator_scale(operator, scale: int | None) -> None:
+    """An SR ``operator`` whose factor contradicts an explicitly given ``scale`` is a :class:`TaskError`."""
+    if operator is not None and scale is not None and operator.sf != scale:
+        raise TaskError(f"scale={scale} contradicts the operator's factor x{operator.sf} "
+                        f"({type(operator).__name__}); leave scale out or make them agree")
 
 
 def check_one_mask(operator, what: str = "there is 1 image") -> None:
@@ -315,12 +325,10 @@ class Restorer:
         ops = list(operator) if isinstance(operator, (list, tuple)) else [operator]
         if task == "inpaint" or all(op is None for op in ops):
             return
-        blind = bool(getattr(type(self), "blind", False))
-        make = getattr(self, "make_config", None)
-        if not blind and task == "deblur" and make is not None:
-            own = self._own_options()
+        blind = self.is_blind()
+        if not blind and task == "deblur":  # the options may choose a blind algorithm
             try:
-                blind = self.is_blind(make(task, None, **{k: v for k, v in options.items() if k not in own}))
+                blind = self.is_blind(self._config_for(task, None, options))
             except RestoreKitError:
                 return  # a bad option: the restore call reports it
         if blind:
@@ -364,10 +372,16 @@ class Restorer:
                             "operator(image_tensor) -> operator), not a list")
         check_one_mask(operator, "restore_folder restores one image at a time with the same operator")
         self.check_operator_used(task, operator, options)
+        self._config_for(task, steps, options)
+
+    def _config_for(self, task: str, steps, options: dict):
+        """:meth:`make_config` of ``options`` less the ones :meth:`restore_tensor` names itself; ``None`` for a
+        method without one."""
         make = getattr(self, "make_config", None)
-        if make is not None:
-            own = self._own_options()
-            make(task, steps, **{k: v for k, v in options.items() if k not in own})
+        if make is None:
+            return None
+        own = self._own_options()
+        return make(task, steps, **{k: v for k, v in options.items() if k not in own})
 
     def restore(self, image, task: str | None = None, operator=None, steps: int | None = None,
                 seed: int | None = None, max_megapixels: float | None = None, max_batch: int | None = None,

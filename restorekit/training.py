@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .errors import ConfigError, RestoreKitError
 from .io import finish_atomic_write, read_image
+from .limits import LIMITS
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -53,9 +54,9 @@ def _image_files(spec) -> set[Path]:
     return {root.resolve()} if root.is_file() else set()
 
 
-#: the largest seed a trainer takes: torch's generators take [0, 2**64 - 1], numpy's any seed >= 0; the streams
-#: are seeded ``seed + rank`` (and ``seed + 1000 + rank``), which must stay in range
-MAX_SEED = 2 ** 63 - 1
+#: the largest seed a trainer takes, the restore seed's (limits.LIMITS): torch's generators take [0, 2**64 - 1],
+#: numpy's any seed >= 0; the streams are seeded ``seed + rank`` (and ``seed + 1000 + rank``), which stay in range
+MAX_SEED = LIMITS["seed"]["hi"]
 
 
 def check_seed(v, what: str = "seed") -> int:
@@ -610,8 +611,10 @@ class StepLoop:
         try:
             set_rng_state(own["rng"], self.rng, self.g)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            from .errors import first_line
+
             raise ConfigError(f"--resume: {path} has unusable random states ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                              f"{first_line(e, 160, '')})") from None
         self.start = self.last = int(st["iter"])
         self.total = int(st.get("total", self.total))
         self.history = json.loads(st["history"])

@@ -109,6 +109,7 @@ def test_rotated_phone_photo_is_restored_upright(tmp_path, capfd):
     assert rc == 0, err
     with Image.open(tmp_path / "out.png") as out:
         assert out.size == (96, 128)  # the displayed 48x64, x2 (was 128x96: on its side)
+        assert out.getexif().get(0x0112) is None  # no EXIF rotation left to apply twice
     assert f.read_bytes() == before
     # a folder run with batches groups images by their displayed size
     d = tmp_path / "in"
@@ -134,6 +135,16 @@ def test_an_animation_is_refused_in_one_line(tmp_path, capfd):
     # a still GIF is fine
     frames[0].save(tmp_path / "still.gif")
     assert read_image(tmp_path / "still.gif")[0].shape == (24, 40, 3)
+
+
+def test_multi_page_tiff_gives_its_first_page(tmp_path):
+    pages = [Image.fromarray(_gradient()), Image.fromarray(_gradient(12, 20))]  # e.g. an image and its thumbnail
+    f = tmp_path / "pages.tif"
+    pages[0].save(f, save_all=True, append_images=pages[1:])
+    with Image.open(f) as im:
+        assert im.n_frames == 2
+    arr, _ = read_image(f)
+    np.testing.assert_allclose(arr, _gradient() / 255.0, atol=1e-6)
 
 
 def test_float_tiff_is_written_back_with_16_bits(tmp_path, capfd):

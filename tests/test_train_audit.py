@@ -15,19 +15,16 @@ from restorekit.cli import main
 from restorekit.errors import ConfigError
 
 from .conftest import TINY
-from .test_train_hostile import _diffir_cfg, _png, _refused
+from .test_train_hostile import _diffir_cfg, _refused, work_folder
+
+
 
 
 @pytest.fixture
 def w(tmp_path):
-    """``data/`` (two 32x32 images), a tiny prior config (1 step, crop 16) and a tiny DiffIR stage-1 config."""
-    root = tmp_path / "w"
-    (root / "data").mkdir(parents=True)
-    for k, name in enumerate(("a.png", "b.png")):
-        _png(root / "data" / name, seed=k)
-    _prior_cfg(root)
-    _diffir_cfg(root)
-    return root
+    """test_train_hostile's work folder: ``data/`` (two 32x32 images), ``prior.yaml`` (1 step, crop 16) and a
+    tiny DiffIR stage-1 config ``ir.yaml``."""
+    return work_folder(tmp_path)
 
 
 def _prior_cfg(root, name="prior.yaml", unet=None, **train):

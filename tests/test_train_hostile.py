@@ -29,8 +29,7 @@ def _snapshot(root):
             for p in sorted(root.rglob("*"))}
 
 
-@pytest.fixture
-def w(tmp_path):
+def work_folder(tmp_path):
     """A work folder: ``data/`` (two 32x32 images), a tiny prior config and a tiny DiffIR config."""
     root = tmp_path / "w"
     (root / "data").mkdir(parents=True)
@@ -40,6 +39,11 @@ def w(tmp_path):
                                                       "train": {"steps": 1, "batch_size": 1, "crop": 16}}))
     _diffir_cfg(root)
     return root
+
+
+@pytest.fixture
+def w(tmp_path):
+    return work_folder(tmp_path)
 
 
 def _diffir_cfg(root, name="ir.yaml", **over):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...api import Restorer, check_loader_options, check_one_mask, check_scale, check_seed
+from ...api import Restorer, check_loader_options, check_one_mask, check_operator_scale, check_scale, check_seed
 from ...errors import TaskError, check_api_number
 from ...limits import check_option
 from ...operators import BicubicDownsample, Blur, BlurDownsample, Inpainting, LinearOperator, psf2otf
@@ -86,7 +86,7 @@ class Classical(Restorer):
     def check_options(self, task: str, operator=None, steps: int | None = None, scale: int | None = None,
                       **options) -> None:
         super().check_options(task, operator, steps, **options)
-        scale = None if scale is None else check_scale(scale)
+        scale = check_scale(scale)
         if operator is None or isinstance(operator, LinearOperator):  # not a callable that makes one per image
             self._check_operator(task, self.make_config(task, steps, **options), operator, scale)
 
@@ -98,9 +98,8 @@ class Classical(Restorer):
                                                       or isinstance(operator, Blur)):
             raise TaskError(f"operator {type(operator).__name__} does not fit task 'sr': classical SR needs no "
                             f"operator, or an SR operator for its factor (BicubicDownsample(sf))")
-        if task == "sr" and operator is not None and scale is not None and operator.sf != scale:
-            raise TaskError(f"scale={scale} contradicts the operator's factor x{operator.sf} "
-                            f"({type(operator).__name__}); leave scale out or make them agree")
+        if task == "sr":
+            check_operator_scale(operator, scale)
         if task == "deblur" and cfg.algorithm != "blind_wiener" and (
                 not isinstance(operator, BlurDownsample) or isinstance(operator, BicubicDownsample)
                 or operator.sf != 1):
@@ -114,7 +113,7 @@ class Classical(Restorer):
                        seed: int | None = None, progress=None, scale: int | None = None, **options) -> torch.Tensor:
         """``scale``: the SR factor without an operator (default 4); with one, it must agree with its factor."""
         cfg = self.make_config(task, steps, **options)
-        scale = None if scale is None else check_scale(scale)
+        scale = check_scale(scale)
         check_seed(seed)  # no randomness here, but a bad seed is refused as by the other methods
         check_one_mask(operator)
         self._check_operator(task, cfg, operator, scale)

@@ -57,33 +57,28 @@ def _shapes(cfg: DiffIRConfig) -> dict:
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 
-def _is_diffpir_prior(sd: dict) -> bool:
-    """Whether ``sd`` has the layout of an official DiffPIR prior (to name such a file given to DiffIR)."""
-    try:
-        from ..diffpir.restorer import PRESETS as UNET_PRESETS, _shapes as unet_shapes
-
-        got = {k: tuple(v.shape) for k, v in sd.items()}
-        return any(unet_shapes(cfg) == got for cfg in UNET_PRESETS.values())
-    except Exception:
-        return False
+def preset_for(sd: dict) -> str | None:
+    """The official stage-2 preset whose tensor layout ``sd`` (converted) has, if any. RealSR x4 and SRGAN x4
+    share one layout; x2/x1 are told apart by the first conv's input channels."""
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    return next((name for name in ("realsr_x4", "realsr_x2", "realsr_x1", "gopro", "inpaint_place2")
+                 if _shapes(PRESETS[name]) == got), None)
 
 
 def infer_config(sd: dict, meta: dict | None = None, path=None) -> tuple[str, DiffIRConfig]:
-    """(preset name, config) of a stage-2 checkpoint: metadata first, else by tensor shapes.
-
-    RealSR x4 and SRGAN x4 share one layout; x2/x1 are told apart by the
-    first conv's input channels. Otherwise a :class:`WeightsError` naming ``path`` and, where its metadata or
-    layout tells, the method it belongs to.
-    """
+    """(preset name, config) of a stage-2 checkpoint: metadata first, else by tensor shapes (:func:`preset_for`).
+    Otherwise a :class:`WeightsError` naming ``path`` and, where its metadata or layout tells, the method it
+    belongs to."""
     if meta and "diffir_config" in meta:
         return meta.get("name", "custom"), DiffIRConfig.from_dict(json.loads(meta["diffir_config"]))
-    got = {k: tuple(v.shape) for k, v in sd.items()}
-    for name in ("realsr_x4", "realsr_x2", "realsr_x1", "gopro", "inpaint_place2"):
-        if _shapes(PRESETS[name]) == got:
-            return name, PRESETS[name]
+    name = preset_for(sd)
+    if name is not None:
+        return name, PRESETS[name]
+    from ..diffpir.restorer import preset_for as unet_preset_for
+
     what = str(path) if path is not None else "this checkpoint"
     hint = other_method_hint(what, meta, "diffir")
-    if hint is None and _is_diffpir_prior(sd):
+    if hint is None and unet_preset_for(sd) is not None:
         hint = (f"{what} is a DiffPIR prior (an official guided-diffusion UNet), not a DiffIR model; "
                 f"use --method diffpir / method='diffpir'")
     if hint is not None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ...api import (Restorer, check_loader_options, check_one_mask, check_scale, check_seed, other_method_hint,
-                   resolve_dtype)
+from ...api import (Restorer, check_loader_options, check_one_mask, check_operator_scale, check_scale, check_seed,
+                   other_method_hint, resolve_dtype)
 from ...diffusion import LinearSchedule
 from ...errors import TaskError, WeightsError, check_api_number, check_flag
 from ...limits import check_option
@@ -27,13 +27,19 @@ def _shapes(cfg: GuidedUNetConfig) -> dict:
         return {k: tuple(v.shape) for k, v in GuidedUNet(cfg).state_dict().items()}
 
 
+def preset_for(state_dict: dict) -> GuidedUNetConfig | None:
+    """The official UNet preset whose tensor layout ``state_dict`` has, if any."""
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    return next((cfg for cfg in PRESETS.values() if _shapes(cfg) == got), None)
+
+
 def _diffir_layout(state_dict: dict) -> str | None:
     """The official DiffIR preset whose stage-2 layout ``state_dict`` has, if any (to name a DiffIR file)."""
-    try:
-        from ..diffir.restorer import convert_checkpoint, infer_config
+    from ..diffir.restorer import convert_checkpoint, preset_for as diffir_preset_for
 
-        return infer_config(convert_checkpoint(state_dict))[0]
-    except Exception:  # not a DiffIR layout either
+    try:
+        return diffir_preset_for(convert_checkpoint(state_dict))
+    except Exception:  # noqa: BLE001  (a foreign dict DiffIR's key conversion cannot read: not DiffIR's either)
         return None
 
 
@@ -42,10 +48,9 @@ def infer_unet_config(state_dict: dict, meta: dict | None = None, path=None) -> 
     :class:`WeightsError` naming ``path`` and, where its metadata or layout tells, the method it belongs to."""
     if meta and "unet_config" in meta:
         return GuidedUNetConfig.from_dict(json.loads(meta["unet_config"]))
-    got = {k: tuple(v.shape) for k, v in state_dict.items()}
-    for cfg in PRESETS.values():
-        if _shapes(cfg) == got:
-            return cfg
+    cfg = preset_for(state_dict)
+    if cfg is not None:
+        return cfg
     what = str(path) if path is not None else "this checkpoint"
     hint = other_method_hint(what, meta, "diffpir")
     if hint is None and (preset := _diffir_layout(state_dict)) is not None:
@@ -178,15 +183,14 @@ class DiffPIR(Restorer):
             fits = {"deblur": "Blur(kernel)", "sr": "BicubicDownsample(sf) or BlurDownsample(kernel, sf)",
                     "inpaint": "Inpainting(mask)"}[task]
             raise TaskError(f"operator {type(operator).__name__} does not fit task {task!r} (it takes {fits})")
-        if task == "sr" and scale is not None and operator.sf != scale:
-            raise TaskError(f"scale={scale} contradicts the operator's factor x{operator.sf} "
-                            f"({type(operator).__name__}); leave scale out or make them agree")
+        if task == "sr":
+            check_operator_scale(operator, scale)
         return operator
 
     def check_options(self, task: str, operator=None, steps: int | None = None, scale: int | None = None,
                       **options) -> None:
         super().check_options(task, operator, steps, **options)
-        scale = None if scale is None else check_scale(scale)
+        scale = check_scale(scale)
         if operator is None or isinstance(operator, LinearOperator):  # not a callable that makes one per image
             self._check_operator(task, operator, scale)
 
@@ -233,7 +237,7 @@ class DiffPIR(Restorer):
         self.check_task(task)
         cfg = self.make_config(task, steps, **options)
         check_one_mask(operator)
-        op = self._check_operator(task, operator, None if scale is None else check_scale(scale))
+        op = self._check_operator(task, operator, check_scale(scale))
         seed = check_seed(seed)
         y = y.to(self.device, torch.float32)
         x_init = self._x_init(y, op, task, cfg)
@@ -254,7 +258,7 @@ class DiffPIR(Restorer):
         self.check_task(task)
         cfg = self.make_config(task, steps, **options)
         n = len(ys)
-        scale = None if scale is None else check_scale(scale)
+        scale = check_scale(scale)
         ops = [self._check_operator(task, op, scale) for op in per_image_operators(ops, n)]
         ys, plan = same_size_groups(ys, seeds, device=self.device, default_seed=0,
                                     key=lambda k: (tuple(ys[k].shape), ops[k].input_size(*ys[k].shape[-2:])))
